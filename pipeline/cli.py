@@ -1,0 +1,84 @@
+"""The ``invattn`` console script: ``invattn <command> [key=value ...]``.
+
+Each command is a function ``run(cfg: DictConfig) -> int | None`` in some module, loaded
+lazily so that ``invattn simulate`` does not import torch or Ray.  To add a command, add a
+row to :data:`COMMANDS`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from pipeline.config import ConfigError, describe_keys, load_config
+
+# name -> (config name, "module:function", one-line summary).  A config name may hold
+# "{task}", filled from a task=... override (default nbody).  A config name of None hands
+# the raw argument list to the function, which then parses it itself (``sweep`` nests the
+# training config under ``train.``).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": ("simulate", "simulator.cli:simulate_command",
+                 "simulate charged N-body trajectories into HDF5 (train.h5, test.h5)"),
+    "simulate-merge": ("simulate", "simulator.cli:merge_command",
+                       "join simulation shards into one HDF5 file with a virtual dataset"),
+    "preprocess-qm9": ("preprocess_qm9", "pipeline.qm9.cli:preprocess_command",
+                       "parse real QM9 (xyz dir, .tar.bz2, qm9pack CSV) into HDF5 shards with Dask"),
+    "train": ("train_{task}", "pipeline.training.cli:train_command",
+              "train a model (task=nbody or task=qm9) with checkpoints and resume"),
+    "evaluate": ("evaluate", "pipeline.training.cli:evaluate_command",
+                 "evaluate a checkpoint on its test split"),
+    "sweep": (None, "sweeps.cli:sweep_command",
+              "Ray Tune sweep over learning rate and subdeterminant sampling"),
+    "demo": (None, "sweeps.demo:demo_command",
+             "the newcomer demo: small N-body dataset, small local sweep, results table"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {n.ljust(width)}  {s}" for n, (_, _, s) in COMMANDS.items())
+    return ("usage: invattn <command> [key=value ...]\n"
+            "       invattn <command> --help   (lists the keys and their defaults)\n\n"
+            f"commands:\n{rows}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(name, list(COMMANDS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        print(f"invattn: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    config_name, target, summary = COMMANDS[name]
+    module, func = target.split(":")
+    if config_name is None:
+        return int(getattr(importlib.import_module(module), func)(args) or 0)
+    task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")
+    config_name = config_name.format(task=task)
+    if any(a in ("-h", "--help") for a in args):
+        print(f"invattn {name}: {summary}\n")
+        print(describe_keys(config_name))
+        return 0
+    debug = os.environ.get("INVATTN_DEBUG") == "1"
+    try:
+        cfg = load_config(config_name, args)
+        rc = getattr(importlib.import_module(module), func)(cfg)
+        return int(rc or 0)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        if debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"invattn {name}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"invattn {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
