@@ -64,12 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invattn {name}: {summary}\n")
         print(describe_keys(config_name))
         return 0
+    return run_guarded(
+        name, lambda: getattr(importlib.import_module(module), func)(load_config(config_name, args)))
+
+
+def run_guarded(name: str, body) -> int:
+    """Run a command body; user errors become one clear line on stderr and exit code 2.
+
+    Set ``INVATTN_DEBUG=1`` to get the full traceback instead.
+    """
     debug = os.environ.get("INVATTN_DEBUG") == "1"
     try:
-        cfg = load_config(config_name, args)
-        rc = getattr(importlib.import_module(module), func)(cfg)
-        return int(rc or 0)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        return int(body() or 0)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError,
+            ConnectionError) as exc:
         if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

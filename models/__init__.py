@@ -1,0 +1,29 @@
+"""SE(3)- and E(3)-equivariant self-attention from invariant features (Chen & Villar, 2022).
+
+Public API
+----------
+- :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); ``build_model(task,
+  **config)`` rebuilds either from plain keyword arguments (``model.config``).
+- Building blocks: :class:`Features` / :class:`FeatureShape` (vectors ``[.., T, 3]`` + scalars
+  ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
+  (eq. 1-3, 9-12), :class:`NormNonlinearity`, :class:`EquivariantTransformer` (the stack).
+- Invariants: :func:`gram_upper`, :func:`subdeterminants`, :func:`cross_products`.
+"""
+from models.attention import EquivariantAttention, masked_softmax
+from models.backbone import EquivariantTransformer
+from models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
+from models.features import Features, FeatureShape
+from models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
+from models.nbody import NBodyModel
+from models.neighbour_invariants import NeighbourInvariants, PairInputs
+from models.nonlinearity import NormNonlinearity
+from models.qm9 import QM9Model
+from models.registry import MODELS, build_model
+
+__all__ = [
+    "NBodyModel", "QM9Model", "build_model", "MODELS",
+    "Features", "FeatureShape", "EquivariantMap", "CoefficientMLP", "EquivariantAttention",
+    "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "NormNonlinearity",
+    "masked_softmax", "parse_group",
+    "gram_upper", "subdeterminants", "cross_products", "choose_combinations",
+]

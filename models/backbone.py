@@ -1,0 +1,103 @@
+"""A stack of equivariant attention layers with residual connections (shared by both tasks).
+
+Layer 0 maps the input features to the hidden channels; every later layer is pre-normalized
+and residual, ``h <- h + Attention(NormNonlinearity(h))``, and the stack ends with one more
+:class:`~models.nonlinearity.NormNonlinearity`. Residual sums and norm-based gates are both
+equivariant, so the stack is as equivariant as each attention layer (paper section 2).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.attention import EquivariantAttention
+from models.features import Features, FeatureShape
+from models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
+from models.nonlinearity import NormNonlinearity
+
+__all__ = ["EquivariantTransformer", "validate_sampling"]
+
+
+def validate_sampling(subdeterminants: int | str, cross_products: int | str,
+                      hidden_vectors: int) -> None:
+    """Check model-wide sampling options against the largest map (``T + 1`` key/value vectors).
+
+    The options are validated for the E(3) variant too (where they are then unused), so a
+    config that is wrong for one variant is wrong for both.
+
+    Raises
+    ------
+    ValueError
+        If an option is neither ``"all"`` nor an int in ``[1, C(T+1, 3)]`` (triples) /
+        ``[1, C(T+1, 2)]`` (cross products).
+    """
+    t = hidden_vectors + 1
+    resolve_subset_size(subdeterminants, n_combinations(t, 3),
+                        f"subdeterminants (C({t},3) triples for {hidden_vectors} vector channels + 1)")
+    resolve_subset_size(cross_products, n_combinations(t, 2),
+                        f"cross_products (C({t},2) pairs for {hidden_vectors} vector channels + 1)")
+
+
+def sampling_for(option: int | str, vectors: int, r: int) -> int | str:
+    """Model-wide option clamped for a map with ``vectors`` input vectors (r = 3 triples, 2 pairs)."""
+    return clamp_subset_option(option, n_combinations(vectors, r))
+
+
+class EquivariantTransformer(nn.Module):
+    """``n_layers`` equivariant attention layers on dense padded graphs.
+
+    Parameters
+    ----------
+    in_shape : FeatureShape
+        Input node channels.
+    hidden_shape : FeatureShape
+        Channels of every hidden layer (and of the output).
+    edge_dim : int
+        Edge scalars per pair.
+    n_layers, heads : int
+    query_shape : FeatureShape
+        Query/key channels of every layer.
+    mlp_hidden : int
+        Width of every Phi's MLP.
+    group : {"SE3", "E3"}
+    subdeterminants, cross_products : "all" or int
+        Model-wide sampling options, clamped per map (see :func:`sampling_for`).
+    generator : torch.Generator, optional
+
+    Shapes
+    ------
+    ``forward(Features([B, N, T_in, 3], [B, N, L_in]), relative_positions [B, N, N, 3] ([b, j, i] = x_i - x_j),
+    edge_features [B, N, N, E], mask [B, N] bool) -> Features([B, N, T, 3], [B, N, L])``
+    """
+
+    def __init__(self, in_shape: FeatureShape, hidden_shape: FeatureShape, edge_dim: int,
+                 n_layers: int, heads: int, query_shape: FeatureShape, mlp_hidden: int,
+                 group: str, subdeterminants: int | str = "all", cross_products: int | str = "all",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.layers = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        shape = FeatureShape(*in_shape)
+        for index in range(n_layers):
+            t = shape.vectors
+            options = {
+                "subdeterminants": {"q": sampling_for(subdeterminants, t, 3),
+                                    "kv": sampling_for(subdeterminants, t + 1, 3)},
+                "cross_products": {"q": sampling_for(cross_products, t, 2),
+                                   "kv": sampling_for(cross_products, t + 1, 2)},
+            }
+            self.layers.append(EquivariantAttention(shape, hidden_shape, edge_dim, heads, query_shape,
+                                                    mlp_hidden, group, generator=generator, **options))
+            # Layer 0 changes the channel count, so it has no residual and no pre-norm.
+            self.norms.append(NormNonlinearity(hidden_shape) if index else nn.Identity())
+            shape = FeatureShape(*hidden_shape)
+        self.final_norm = NormNonlinearity(hidden_shape)
+
+    def forward(self, features: Features, relative_positions: Tensor, edge_features: Tensor,
+                mask: Tensor) -> Features:
+        for index, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            update = layer(norm(features), relative_positions, edge_features, mask)
+            features = features + update if index else update
+        return self.final_norm(features).masked(mask)

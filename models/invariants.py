@@ -1,0 +1,205 @@
+"""Invariants and equivariant products of a set of 3D vectors (paper eq. 6 and 8).
+
+For vectors ``v_1..v_T`` the O(3) invariants are the scalar products ``<v_a, v_b>`` (the Gram
+matrix); SO(3) adds the 3x3 subdeterminants ``det[v_a, v_b, v_c]``, which flip sign under a
+reflection (Villar et al. 2021, "Scalars are universal", ref. [40] of the paper). The
+SO(3)-equivariant vectors beyond the inputs are the cross products ``v_a x v_b`` (eq. 6).
+
+Index sets (pairs, triples) are built once at construction as long tensors; the hot path only
+gathers with them and does one batched product, never a Python loop over combinations.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "combinations_index",
+    "choose_combinations",
+    "resolve_subset_size",
+    "gram_upper_index",
+    "gram_upper",
+    "subdeterminants",
+    "cross_products",
+    "n_combinations",
+    "clamp_subset_option",
+]
+
+
+def combinations_index(n: int, r: int) -> Tensor:
+    """All ``r``-subsets of ``range(n)`` in lexicographic order.
+
+    Returns
+    -------
+    Tensor, long, shape ``[C(n, r), r]`` (``[0, r]`` when ``n < r``).
+
+    Examples
+    --------
+    >>> combinations_index(4, 3).tolist()
+    [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+    """
+    combos = list(itertools.combinations(range(n), r))
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), r)
+
+
+def resolve_subset_size(option: int | str, total: int, what: str) -> int:
+    """Validate a sampling option (``"all"`` or a positive int ``<= total``) and return the count.
+
+    Parameters
+    ----------
+    option : "all" or int
+        ``"all"`` keeps every combination; an int ``k`` keeps ``k`` of them.
+    total : int
+        Number of combinations available.
+    what : str
+        Name used in error messages (e.g. ``"subdeterminants"``).
+
+    Raises
+    ------
+    ValueError
+        If ``option`` is neither ``"all"`` nor an int in ``[1, total]``.
+    """
+    if isinstance(option, str):
+        if option.strip().lower() == "all":
+            return total
+        raise ValueError(f"{what} must be 'all' or a positive integer, got {option!r}")
+    if isinstance(option, bool) or not isinstance(option, int):
+        raise ValueError(f"{what} must be 'all' or a positive integer, got {option!r}")
+    if not 1 <= option <= total:
+        raise ValueError(f"{what}={option} is out of range: choose 1..{total} "
+                         f"(there are {total} to sample from) or 'all'")
+    return option
+
+
+def choose_combinations(n: int, r: int, option: int | str = "all",
+                        generator: torch.Generator | None = None) -> Tensor:
+    """All, or a random subset of ``k``, of the ``r``-subsets of ``range(n)`` (paper "Scalability").
+
+    The subset is kept in lexicographic order, so ``k = C(n, r)`` returns exactly
+    :func:`combinations_index` ``(n, r)`` and a sampled model with ``k`` = all equals the full model.
+
+    Parameters
+    ----------
+    n, r : int
+        Set size and subset size.
+    option : "all" or int
+        How many subsets to keep (validated by :func:`resolve_subset_size`).
+    generator : torch.Generator, optional
+        Source of randomness (CPU generator); ``None`` uses torch's global RNG.
+
+    Returns
+    -------
+    Tensor, long, shape ``[k, r]``.
+    """
+    everything = combinations_index(n, r)
+    total = everything.shape[0]
+    if total == 0:
+        return everything
+    k = resolve_subset_size(option, total, f"subset of C({n},{r})")
+    if k == total:
+        return everything
+    keep = torch.randperm(total, generator=generator)[:k].sort().values
+    return everything[keep]
+
+
+def gram_upper_index(n: int, device=None) -> Tensor:
+    """Flat indices ``a * n + b`` of the upper triangle ``a <= b`` of an ``n x n`` matrix.
+
+    Returns
+    -------
+    Tensor, long, shape ``[n (n + 1) / 2]``.
+    """
+    rows, cols = torch.triu_indices(n, n, device=device)
+    return rows * n + cols
+
+
+def gram_upper(vectors: Tensor, index: Tensor | None = None) -> Tensor:
+    """Upper triangle (diagonal included) of the Gram matrix ``<v_a, v_b>`` (eq. 8).
+
+    Parameters
+    ----------
+    vectors : Tensor, shape ``[..., T, 3]``
+    index : Tensor, long, optional
+        :func:`gram_upper_index` ``(T)``; pass a cached buffer to avoid rebuilding it.
+
+    Returns
+    -------
+    Tensor, shape ``[..., T (T + 1) / 2]``, ordered row by row.
+
+    Examples
+    --------
+    >>> gram_upper(torch.eye(3)).tolist()
+    [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    """
+    t = vectors.shape[-2]
+    if index is None:
+        index = gram_upper_index(t, vectors.device)
+    gram = vectors @ vectors.transpose(-1, -2)
+    return gram.flatten(-2).index_select(-1, index)
+
+
+def subdeterminants(vectors: Tensor, triples: Tensor) -> Tensor:
+    """3x3 subdeterminants ``det[v_a, v_b, v_c] = v_a . (v_b x v_c)`` for the given triples (eq. 8).
+
+    Written as a triple product, not ``torch.linalg.det``: the latter's backward goes through
+    the inverse and is wrong or NaN on singular matrices, and every subdeterminant of a planar
+    molecule (or of collinear bodies) is singular. The triple product is a polynomial, so its
+    gradient (the cofactors) is exact everywhere.
+
+    Parameters
+    ----------
+    vectors : Tensor, shape ``[..., T, 3]``
+    triples : Tensor, long, shape ``[K, 3]``
+        Index triples ``a < b < c`` (see :func:`choose_combinations`).
+
+    Returns
+    -------
+    Tensor, shape ``[..., K]``; changes sign under a reflection, invariant under rotations.
+
+    Examples
+    --------
+    >>> subdeterminants(torch.eye(3), torch.tensor([[0, 1, 2]])).tolist()
+    [1.0]
+    """
+    a = vectors.index_select(-2, triples[:, 0])
+    b = vectors.index_select(-2, triples[:, 1])
+    c = vectors.index_select(-2, triples[:, 2])
+    return (a * torch.linalg.cross(b, c, dim=-1)).sum(-1)
+
+
+def cross_products(vectors: Tensor, pairs: Tensor) -> Tensor:
+    """Cross products ``v_a x v_b`` for the given index pairs (the ``v_S`` of eq. 6).
+
+    Parameters
+    ----------
+    vectors : Tensor, shape ``[..., T, 3]``
+    pairs : Tensor, long, shape ``[P, 2]``
+
+    Returns
+    -------
+    Tensor, shape ``[..., P, 3]``; rotation-equivariant, but a pseudovector: under a reflection
+    ``Q`` it maps to ``det(Q) Q (v_a x v_b)``, hence absent from the E(3) variant.
+    """
+    a = vectors.index_select(-2, pairs[:, 0])
+    b = vectors.index_select(-2, pairs[:, 1])
+    return torch.linalg.cross(a, b, dim=-1)
+
+
+def n_combinations(n: int, r: int) -> int:
+    """``C(n, r)`` (0 when ``n < r``)."""
+    return math.comb(n, r) if n >= r else 0
+
+
+def clamp_subset_option(option: int | str, total: int) -> int | str:
+    """Per-map sampling option from a model-wide one: ``k`` becomes ``min(k, total)``.
+
+    A model's maps see different numbers of vectors (``T`` for queries, ``T + 1`` for keys and
+    values), so a model-wide ``k`` is validated against the largest count and then clamped per
+    map; a map with at most ``k`` combinations keeps all of them.
+    """
+    if isinstance(option, str) or total == 0:
+        return option if isinstance(option, str) else "all"
+    return min(option, total)

@@ -1,0 +1,67 @@
+"""Build a model from a task name and plain keyword arguments (what a config file holds).
+
+Every registered model stores its constructor arguments in ``model.config`` (a dict of plain
+Python values), so a training runtime can save it with a checkpoint and rebuild the model with
+``build_model(task, **config)``.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from torch import nn
+
+__all__ = ["MODELS", "register_model", "build_model", "constructor_config"]
+
+MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register_model(task: str):
+    """Class decorator: make ``build_model(task, ...)`` construct this class."""
+
+    def decorate(cls):
+        MODELS[task] = cls
+        cls.task = task
+        return cls
+
+    return decorate
+
+
+def constructor_config(cls, arguments: dict) -> dict:
+    """The constructor arguments of ``cls`` picked out of ``arguments`` (e.g. ``locals()``)."""
+    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return {name: arguments[name] for name in names}
+
+
+def build_model(task: str, **kwargs) -> nn.Module:
+    """Construct the model registered for ``task`` (``"nbody"`` or ``"qm9"``).
+
+    Parameters
+    ----------
+    task : str
+        Registered task name.
+    **kwargs
+        Constructor arguments (plain ints, floats, strings), e.g. from ``model.config``.
+
+    Raises
+    ------
+    ValueError
+        Unknown task, or an unknown keyword (the message names it and suggests close matches).
+
+    Examples
+    --------
+    >>> model = build_model("nbody", group="E3")
+    >>> build_model("nbody", **model.config).config == model.config
+    True
+    """
+    if task not in MODELS:
+        raise ValueError(f"unknown task {task!r}; registered models: {sorted(MODELS)}")
+    cls = MODELS[task]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown option {key!r} for the {task} model{hint}; "
+                             f"valid options: {', '.join(valid)}")
+    return cls(**kwargs)

@@ -1,0 +1,144 @@
+"""PyTorch dataset over the preprocessed QM9 shards, and the batch collation for ``models.QM9Model``.
+
+>>> ds = QM9Dataset("data/qm9", "train", "homo")          # doctest: +SKIP
+>>> batch = collate_qm9([ds[0], ds[1]])                   # doctest: +SKIP
+>>> batch["bond_types"].shape                             # doctest: +SKIP
+torch.Size([2, 18, 18])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.qm9.parse import TARGET_NAMES
+from pipeline.qm9.reader import iter_shards, load_manifest
+from pipeline.qm9.split import SPLIT_CODES
+
+__all__ = ["QM9Dataset", "collate_qm9", "target_statistics"]
+
+
+class QM9Dataset(Dataset):
+    """One split of a preprocessed QM9 folder, held in memory (a few tens of MB for train).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder of ``invattn preprocess-qm9`` (validated as in
+        :func:`pipeline.qm9.read_processed`).
+    split : {"train", "valid", "test"}
+    target : str
+        One of ``A B C mu alpha homo lumo gap r2 zpve U0 U H G Cv``; values stay in the source
+        units (Hartree for energies; see :mod:`pipeline.qm9.units` for reporting units).
+
+    Items are dicts of tensors: ``atomic_numbers`` ``[n]`` long, ``positions`` ``[n, 3]`` float64
+    (angstrom), ``bond_pairs`` ``[m, 2]`` long, ``bond_types`` ``[m]`` long (1-4),
+    ``target`` ``[]`` float64, ``gdb_id`` ``[]`` long, ``bond_perception_failed`` ``[]`` bool.
+
+    Raises
+    ------
+    ValueError
+        Unknown split or target; invalid folder (see ``load_manifest``).
+    FileNotFoundError
+        No manifest or a missing shard.
+    """
+
+    def __init__(self, out_dir: str | Path, split: str, target: str):
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
+        if target not in TARGET_NAMES:
+            raise ValueError(f"unknown QM9 target {target!r}; choose one of {' '.join(TARGET_NAMES)}")
+        self.out_dir, self.split, self.target = Path(out_dir), split, target
+        self.manifest = load_manifest(out_dir)
+        col, code = TARGET_NAMES.index(target), SPLIT_CODES[split]
+        z, pos, bonds, n_atoms, n_bonds, y, ids, failed = [], [], [], [], [], [], [], []
+        for a in iter_shards(out_dir, self.manifest):
+            keep = a["split"] == code
+            sel = np.nonzero(keep)[0]
+            ao, bo = a["atom_offsets"], a["bond_offsets"]
+            atom_keep = np.repeat(keep, np.diff(ao))  # per-molecule choice spread over its atoms
+            z.append(a["atomic_numbers"][atom_keep])
+            pos.append(a["positions"][atom_keep])
+            bonds.append(a["bonds"][np.repeat(keep, np.diff(bo))])
+            n_atoms.append(np.diff(ao)[sel])
+            n_bonds.append(np.diff(bo)[sel])
+            y.append(a["targets"][sel, col])
+            ids.append(a["gdb_id"][sel])
+            failed.append(a["bond_perception_failed"][sel])
+        # Concatenated storage with offsets: one tensor per field instead of 100k small ones.
+        cat = lambda parts, shape, dt: np.concatenate(parts) if parts else np.zeros(shape, dt)  # noqa: E731
+        self._z = torch.from_numpy(cat(z, (0,), np.uint8).astype(np.int64))
+        self._pos = torch.from_numpy(cat(pos, (0, 3), np.float64))
+        self._bonds = torch.from_numpy(cat(bonds, (0, 3), np.int32).astype(np.int64))
+        self._atom_off = torch.from_numpy(np.concatenate([[0], np.cumsum(cat(n_atoms, (0,), np.int64))]))
+        self._bond_off = torch.from_numpy(np.concatenate([[0], np.cumsum(cat(n_bonds, (0,), np.int64))]))
+        self.targets = torch.from_numpy(cat(y, (0,), np.float64))
+        self.gdb_ids = torch.from_numpy(cat(ids, (0,), np.int64))
+        self.bond_perception_failed = torch.from_numpy(cat(failed, (0,), bool))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} molecules")
+        i = i % len(self)
+        a0, a1 = int(self._atom_off[i]), int(self._atom_off[i + 1])
+        b = self._bonds[int(self._bond_off[i]):int(self._bond_off[i + 1])]
+        return {"atomic_numbers": self._z[a0:a1], "positions": self._pos[a0:a1],
+                "bond_pairs": b[:, :2], "bond_types": b[:, 2], "target": self.targets[i],
+                "gdb_id": self.gdb_ids[i], "bond_perception_failed": self.bond_perception_failed[i]}
+
+    def __repr__(self) -> str:
+        return f"QM9Dataset({str(self.out_dir)!r}, split={self.split!r}, target={self.target!r}, n={len(self)})"
+
+
+def collate_qm9(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pad a list of :class:`QM9Dataset` items to the largest molecule of the batch.
+
+    Returns a dict of tensors, ``B`` molecules, ``N`` = most atoms in the batch:
+
+    * ``atomic_numbers`` ``[B, N]`` long (0 = padding)
+    * ``positions`` ``[B, N, 3]`` float64, angstrom (0 at padding)
+    * ``bond_types`` ``[B, N, N]`` long, symmetric, 0 = not bonded, 1-4 single/double/triple/aromatic
+    * ``mask`` ``[B, N]`` bool, True for real atoms
+    * ``target`` ``[B]`` float64 in the source units
+    * ``n_atoms`` ``[B]`` long, ``gdb_id`` ``[B]`` long, ``bond_perception_failed`` ``[B]`` bool
+
+    These are the inputs of ``models.QM9Model.forward(atomic_numbers, positions, bond_types, mask)``.
+    """
+    if not batch:
+        raise ValueError("collate_qm9 needs at least one molecule")
+    n_atoms = torch.tensor([len(b["atomic_numbers"]) for b in batch], dtype=torch.long)
+    B, N = len(batch), int(n_atoms.max())
+    z = torch.zeros(B, N, dtype=torch.long)
+    pos = torch.zeros(B, N, 3, dtype=batch[0]["positions"].dtype)
+    bond_types = torch.zeros(B, N, N, dtype=torch.long)
+    for k, item in enumerate(batch):
+        n = len(item["atomic_numbers"])
+        z[k, :n] = item["atomic_numbers"]
+        pos[k, :n] = item["positions"]
+        i, j = item["bond_pairs"][:, 0], item["bond_pairs"][:, 1]
+        bond_types[k, i, j] = item["bond_types"]
+        bond_types[k, j, i] = item["bond_types"]
+    mask = torch.arange(N)[None, :] < n_atoms[:, None]
+    return {"atomic_numbers": z, "positions": pos, "bond_types": bond_types, "mask": mask,
+            "target": torch.stack([b["target"] for b in batch]).to(torch.float64), "n_atoms": n_atoms,
+            "gdb_id": torch.stack([b["gdb_id"] for b in batch]),
+            "bond_perception_failed": torch.stack([b["bond_perception_failed"] for b in batch])}
+
+
+def target_statistics(dataset: QM9Dataset) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=0) of the target over the *training* split.
+
+    Normalization statistics must come from the training split only (DESIGN section 8), so any
+    other split raises ``ValueError``.  Values are in the source units.
+    """
+    if getattr(dataset, "split", None) != "train":
+        raise ValueError(f"target statistics must come from the training split, not {getattr(dataset, 'split', None)!r}")
+    if len(dataset) == 0:
+        raise ValueError("the training split is empty")
+    y = dataset.targets.to(torch.float64)
+    return float(y.mean()), float(y.std(unbiased=False))

@@ -1,0 +1,53 @@
+"""``invattn train`` and ``invattn evaluate``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.loop import make_task, resolve_device, train
+
+__all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
+
+
+def train_command(cfg: DictConfig) -> int:
+    metrics = train(cfg)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def evaluate_checkpoint(checkpoint, *, data_dir: str | None = None, device: str = "auto") -> dict:
+    """Metrics of a saved model on its task's evaluation split(s).
+
+    Parameters
+    ----------
+    checkpoint : path
+        ``<run_dir>/checkpoints/last.pt`` written by ``invattn train`` or a sweep trial.
+    data_dir : str, optional
+        Read the data from here instead of the directory recorded in the checkpoint.
+    """
+    state = load_checkpoint(Path(checkpoint))
+    cfg = OmegaConf.create(state["config"])
+    if data_dir:
+        cfg.data.dir = data_dir
+    dev = resolve_device(device)
+    task = make_task(cfg)
+    task.load_state_dict(state.get("task_state", {}))
+    model = task.build_model().to(dev)
+    model.load_state_dict(state["model"])
+    model.eval()
+    metrics = {"epoch": int(state["epoch"]), **task.evaluate(model, dev)}
+    return metrics
+
+
+def evaluate_command(cfg: DictConfig) -> int:
+    if not cfg.checkpoint:
+        raise ValueError("checkpoint=PATH is required (e.g. runs/nbody/checkpoints/last.pt)")
+    metrics = evaluate_checkpoint(cfg.checkpoint, data_dir=cfg.data_dir, device=cfg.device)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if cfg.output:
+        Path(cfg.output).write_text(text + "\n")
+    return 0

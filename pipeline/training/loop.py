@@ -1,0 +1,183 @@
+"""The training loop shared by every task: Adam, LR schedule, per-epoch evaluation,
+atomic per-epoch checkpoints, exact resume, JSON-lines + TensorBoard metrics.
+
+``train(cfg, reporter=...)`` is what both ``invattn train`` and the Ray Tune trainable call;
+``reporter(metrics, checkpoint_dir)`` is invoked after each epoch's checkpoint is on disk.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.metrics_log import MetricsLog
+from pipeline.training.schedule import lr_factor
+
+__all__ = ["train", "make_task", "resolve_device", "checkpoint_path", "count_parameters"]
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[dict, Path], None]
+
+
+def make_task(cfg: DictConfig):
+    """The task object for ``cfg.task`` (``nbody`` or ``qm9``)."""
+    if cfg.task == "nbody":
+        from pipeline.training.nbody_task import NBodyTask
+
+        return NBodyTask(cfg)
+    if cfg.task == "qm9":
+        from pipeline.training.qm9_task import QM9Task
+
+        return QM9Task(cfg)
+    raise ValueError(f"task={cfg.task!r} is not one of 'nbody', 'qm9'")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available (e.g. a GPU given by SLURM), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def checkpoint_path(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _progress(total: int, desc: str, mode: str):
+    show = sys.stderr.isatty() if mode == "auto" else mode in (True, "true", "on", "yes")
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
+    """Train ``cfg.task`` until ``cfg.train.epochs``; resume from ``run_dir`` when asked.
+
+    Returns the last epoch's metrics.
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing data files (the message says how to make them).
+    ValueError
+        Invalid settings, or a checkpoint in ``run_dir`` whose model settings differ from
+        ``cfg`` (resume would silently train another model).
+    """
+    run_dir = Path(cfg.run_dir)
+    tr = cfg.train
+    if int(tr.epochs) <= 0 or int(tr.batch_size) <= 0:
+        raise ValueError(f"train.epochs and train.batch_size must be positive "
+                         f"(got {tr.epochs}, {tr.batch_size})")
+    if float(cfg.optim.lr) <= 0:
+        raise ValueError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if int(tr.num_threads) > 0:
+        torch.set_num_threads(int(tr.num_threads))
+    device = resolve_device(str(tr.device))
+    torch.manual_seed(int(cfg.seed))
+
+    task = make_task(cfg)
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
+                                 weight_decay=float(cfg.optim.weight_decay))
+    factor = functools.partial(
+        lr_factor, epochs=int(tr.epochs), schedule=str(cfg.optim.schedule),
+        warmup_epochs=int(cfg.optim.warmup_epochs), min_factor=float(cfg.optim.min_lr_factor))
+    factor(0)  # validate the schedule name before any work
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    n_params = count_parameters(model)
+    config_yaml = OmegaConf.to_yaml(cfg)
+
+    start_epoch = 0
+    ckpt_file = checkpoint_path(run_dir)
+    if bool(cfg.resume) and ckpt_file.is_file():
+        state = load_checkpoint(ckpt_file, map_location=device)
+        saved_model_cfg = OmegaConf.create(state["config"]).get("model")
+        if saved_model_cfg is not None and OmegaConf.to_container(saved_model_cfg) != \
+                OmegaConf.to_container(cfg.model, resolve=True):
+            raise ValueError(f"{ckpt_file} was trained with model settings "
+                             f"{OmegaConf.to_container(saved_model_cfg)}, not "
+                             f"{OmegaConf.to_container(cfg.model)}; use another run_dir or resume=false")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        task.load_state_dict(state.get("task_state", {}))
+        torch.set_rng_state(state["rng_torch"].cpu())
+        start_epoch = int(state["epoch"])
+        log.info("resumed %s at epoch %d", ckpt_file, start_epoch)
+    elif ckpt_file.is_file() and not bool(cfg.resume):
+        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
+                              f"it or choose another run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    metrics_log = MetricsLog(run_dir, resume_epoch=start_epoch, tensorboard=bool(tr.tensorboard))
+    print(f"[{cfg.task}] {type(model).__name__} group={cfg.model.get('group')} params={n_params} "
+          f"device={device} run_dir={run_dir} epochs {start_epoch}->{tr.epochs}", flush=True)
+
+    record: dict = {}
+    try:
+        for epoch in range(start_epoch, int(tr.epochs)):
+            t0 = time.perf_counter()
+            model.train()
+            total, n = 0.0, 0
+            bar = _progress(task.n_train_batches(), f"epoch {epoch + 1}/{tr.epochs}", tr.progress)
+            for batch in task.train_batches(epoch, device):
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; "
+                                             f"lower optim.lr (now {cfg.optim.lr})")
+                loss.backward()
+                if tr.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
+                optimizer.step()
+                total, n = total + loss.item(), n + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total / n:.3g}")
+            if bar is not None:
+                bar.close()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            train_seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": lr,
+                      "seconds_per_epoch": train_seconds, "params": n_params}
+            last = epoch + 1 == int(tr.epochs)
+            if last or (epoch + 1) % int(tr.eval_every) == 0:
+                model.eval()
+                record.update(task.evaluate(model, device))
+            metrics_log.log(record)
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                "task_state": task.state_dict(), "rng_torch": torch.get_rng_state(),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "model_hparams": dict(getattr(model, "hparams", {}) or {}),
+                "metrics": record, "params": n_params,
+            }, ckpt_file)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in record.items()), flush=True)
+            if reporter is not None:
+                reporter(dict(record), ckpt_file.parent)
+    finally:
+        metrics_log.close()
+    if record and not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+        raise FloatingPointError(f"non-finite metrics at the end of training: {record}")
+    return record

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over learning rate and subdeterminant sampling, local or on SLURM."""

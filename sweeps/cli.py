@@ -1,0 +1,62 @@
+"""``invattn sweep [key=value ...]``.
+
+An override whose top-level key is in ``configs/sweep.yaml`` configures the sweep; any other
+goes to the training config of the chosen task (``configs/train_<task>.yaml``), which every
+trial starts from: ``invattn sweep search.lr=[1e-3,3e-3] train.epochs=20 model.group=E3``.
+(``preset``, ``resume`` and ``task`` belong to the sweep; use ``train_preset=`` for the
+training preset.  Trials always resume from their own checkpoints.)
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from pipeline.config import describe_keys, load_config
+
+__all__ = ["sweep_command", "load_sweep_configs"]
+
+
+def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
+    """(sweep config, training config) from command-line overrides."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import config_dir
+
+    sweep_keys = set(OmegaConf.load(config_dir() / "sweep.yaml").keys())
+    top = lambda a: a.split("=", 1)[0].lstrip("+~").split(".", 1)[0]  # noqa: E731
+    sweep_args = [a for a in argv if "=" not in a or top(a) in sweep_keys]
+    train_args = [a for a in argv if "=" in a and top(a) not in sweep_keys]
+    sweep_cfg = load_config("sweep", sweep_args)
+    if sweep_cfg.train_preset and not any(a.startswith("preset=") for a in train_args):
+        train_args.insert(0, f"preset={sweep_cfg.train_preset}")
+    train_args.insert(0, f"task={sweep_cfg.task}")
+    train_cfg = load_config(f"train_{sweep_cfg.task}", train_args)
+    return sweep_cfg, train_cfg
+
+
+def sweep_command(argv: list[str]) -> int:
+    import sys
+
+    from pipeline.cli import run_guarded
+
+    if any(a in ("-h", "--help") for a in argv):
+        task = next((a.split("=", 1)[1] for a in argv if a.startswith("task=")), "nbody")
+        print("invattn sweep: Ray Tune sweep over learning rate and subdeterminant sampling\n")
+        print(describe_keys("sweep"))
+        print("\ntraining keys (every trial starts from these; e.g. train.epochs=5 model.group=E3):")
+        print(describe_keys(f"train_{task}"))
+        return 0
+
+    def body():
+        sweep_cfg, train_cfg = load_sweep_configs(argv)
+        if sweep_cfg.launcher == "submitit":
+            from sweeps.submitit_launcher import launch
+
+            return launch(sweep_cfg, argv)
+        if sweep_cfg.launcher != "local":
+            raise ValueError(f"launcher={sweep_cfg.launcher!r} must be 'local' or 'submitit'")
+        from sweeps.runner import run_sweep
+
+        run_sweep(sweep_cfg, train_cfg)
+        return 0
+
+    return run_guarded("sweep", body)

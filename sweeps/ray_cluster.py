@@ -1,0 +1,84 @@
+"""Start or join the Ray instance a sweep runs on, with the dashboard behind token auth.
+
+Embedded default: a local Ray instance whose dashboard listens on 127.0.0.1, with Ray's token
+authentication on (``RAY_AUTH_MODE=token``; the token lives in ``$RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token`` and is created on first use).  ``ray.address=HOST:PORT`` (or ``auto``)
+joins an existing cluster instead, e.g. the one ``slurm/sweep.sh`` brings up.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+__all__ = ["connect", "token_path", "set_auth_mode"]
+
+
+def token_path() -> Path:
+    """Where this process's Ray token is read from."""
+    env = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(env) if env else Path.home() / ".ray" / "auth_token"
+
+
+
+
+def set_auth_mode(mode: str) -> None:
+    """Set ``RAY_AUTH_MODE`` for this process and the Ray processes it starts.
+
+    Ray reads the variable into its cached C++ config when ``ray`` is first imported, so if it
+    was imported already the cache is refreshed (as Ray itself does when it turns auth on).
+    """
+    if os.environ.get("RAY_AUTH_MODE") == mode:
+        return
+    os.environ["RAY_AUTH_MODE"] = mode
+    if "ray" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def connect(ray_cfg: DictConfig, *, quiet: bool = False):
+    """``ray.init`` for the sweep driver; returns the ``RayContext``.
+
+    Raises
+    ------
+    ValueError
+        ``ray.auth`` is neither ``token`` nor ``disabled``.
+    ConnectionError
+        ``ray.address`` is set but no cluster answers there.
+    """
+    auth = str(ray_cfg.auth)
+    if auth not in ("token", "disabled"):
+        raise ValueError(f"ray.auth={auth!r} must be 'token' or 'disabled'")
+    set_auth_mode(auth)
+    import ray
+
+    # Long-lived helpers of Ray inherit this; keep runtime logs out of the user's terminal.
+    kwargs = dict(ignore_reinit_error=True, log_to_driver=bool(ray_cfg.log_to_driver))
+    if ray_cfg.address:
+        try:
+            ctx = ray.init(address=str(ray_cfg.address), **kwargs)
+        except ConnectionError as exc:
+            raise ConnectionError(f"no Ray cluster answers at ray.address={ray_cfg.address}: {exc}") from exc
+    else:
+        init = dict(include_dashboard=bool(ray_cfg.dashboard), dashboard_host="127.0.0.1",
+                    dashboard_port=int(ray_cfg.dashboard_port))
+        if ray_cfg.num_cpus:
+            init["num_cpus"] = int(ray_cfg.num_cpus)
+        if ray_cfg.num_gpus is not None:
+            init["num_gpus"] = int(ray_cfg.num_gpus)
+        if ray_cfg.temp_dir:
+            init["_temp_dir"] = str(ray_cfg.temp_dir)
+        ctx = ray.init(**init, **kwargs)
+    if not quiet:
+        url = ctx.dashboard_url
+        if url:
+            url = url if url.startswith("http") else f"http://{url}"
+            print(f"Ray dashboard: {url}", flush=True)
+            if os.environ.get("RAY_AUTH_MODE") == "token":
+                print(f"  token authentication is on; the token is in {token_path()} "
+                      f"(print it with `ray get-auth-token`) and the dashboard asks for it once.",
+                      flush=True)
+    return ctx

@@ -1,0 +1,164 @@
+"""Run (or resume) a Ray Tune sweep and write its results table and best trial.
+
+Results go to ``<results_dir>/<name>/``: ``trials.csv`` (one row per trial), ``best.json``
+(the best trial's config and final metrics) and ``ray/`` (Tune's experiment state, trial
+directories and checkpoints; this is what ``resume=true`` restores from).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["run_sweep", "results_table"]
+
+
+
+def _scheduler(cfg: DictConfig, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    kind = str(cfg.scheduler.type)
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=epochs,
+                             grace_period=int(cfg.scheduler.grace_period),
+                             reduction_factor=float(cfg.scheduler.reduction_factor))
+    raise ValueError(f"scheduler.type={kind!r} must be 'fifo' or 'asha'")
+
+
+def _absolute_paths(train_cfg: DictConfig) -> DictConfig:
+    # Trials run in their own working directories (possibly on other nodes).
+    cfg = train_cfg.copy()
+    cfg.data.dir = str(Path(cfg.data.dir).resolve())
+    return cfg
+
+
+def results_table(experiment_path: Path, metric_columns: list[str]):
+    """A pandas DataFrame with one row per trial: its parameters, state and last metrics.
+
+    Read from the experiment state Tune saved on disk (it is what ``resume=true`` continues).
+    ``status`` is ``OK`` (finished, or stopped early by the scheduler), ``ERROR`` (failed
+    after its retries) or ``UNFINISHED`` (pending or interrupted).
+    """
+    import pandas as pd
+    from ray.tune import ExperimentAnalysis
+
+    rows = []
+    for trial in ExperimentAnalysis(str(experiment_path)).trials:
+        params, metrics = trial.config or {}, trial.last_result or {}
+        row = {"trial_id": trial.trial_id,
+               "status": {"TERMINATED": "OK", "ERROR": "ERROR"}.get(str(trial.status), "UNFINISHED"),
+               "lr": params.get("lr"), "subdeterminants": params.get("subdeterminants"),
+               "seed": params.get("seed")}
+        for col in ["epoch", "train_loss", "seconds_per_epoch", *metric_columns]:
+            row[col] = metrics.get(col)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
+    """Run the sweep described by ``sweep_cfg`` over ``train_cfg``; return the best trial.
+
+    Raises
+    ------
+    ValueError
+        Bad sweep settings; ``resume=true`` with no sweep to resume; every trial failed.
+    """
+    import ray
+    from ray import tune
+
+    from sweeps.ray_cluster import connect
+    from sweeps.space import param_space
+    from sweeps.trainable import run_trial
+
+    out_dir = Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)
+    storage = Path(sweep_cfg.storage_path).resolve() if sweep_cfg.storage_path else out_dir / "ray"
+    exp_path = storage / str(sweep_cfg.name)
+    metric, mode = str(sweep_cfg.metric), str(sweep_cfg.mode)
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
+    train_cfg = _absolute_paths(train_cfg)
+    epochs = int(train_cfg.train.epochs)
+
+    cpus, gpus = float(sweep_cfg.resources.cpus_per_trial), float(sweep_cfg.resources.gpus_per_trial)
+    if cpus <= 0 or gpus < 0:
+        raise ValueError(f"resources.cpus_per_trial must be > 0 and gpus_per_trial >= 0 (got {cpus}, {gpus})")
+    if bool(sweep_cfg.resume) and not tune.Tuner.can_restore(str(exp_path)):
+        raise ValueError(f"resume=true but there is no sweep to resume at {exp_path}")
+    ctx = connect(sweep_cfg.ray)
+    if gpus == 0 and sweep_cfg.resources.auto_gpu and ray.cluster_resources().get("GPU", 0) > 0:
+        gpus = 1.0  # SLURM gave us GPUs: one per trial unless told otherwise
+    OmegaConf.set_struct(train_cfg, False)
+    train_cfg.train.device = "cuda" if gpus > 0 else train_cfg.train.device
+    OmegaConf.set_struct(train_cfg, True)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, train_yaml=OmegaConf.to_yaml(train_cfg),
+                             num_threads=max(1, int(cpus)),
+                             crash_once_at_epoch=sweep_cfg.fault_injection.crash_once_at_epoch),
+        {"cpu": cpus, "gpu": gpus})
+
+    if bool(sweep_cfg.resume):
+        print(f"resuming sweep from {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+    else:
+        if exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
+            raise FileExistsError(f"a sweep named {sweep_cfg.name!r} already exists at {exp_path}; "
+                                  f"pass resume=true to continue it or choose another name=")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(sweep_cfg.search),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=int(sweep_cfg.num_samples),
+                scheduler=_scheduler(sweep_cfg, epochs),
+                max_concurrent_trials=int(sweep_cfg.max_concurrent_trials) or None),
+            run_config=tune.RunConfig(
+                name=str(sweep_cfg.name), storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=int(sweep_cfg.max_failures)),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=int(sweep_cfg.verbose)))
+    grid = tuner.fit()
+
+    metric_columns = list(sweep_cfg.report_metrics)
+    table = results_table(exp_path, metric_columns)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "trials.csv", index=False)
+    unfinished = int((table.status == "UNFINISHED").sum())
+    if unfinished:
+        print(f"\nTrials so far:\n{table.to_string(index=False)}", flush=True)
+        print(f"sweep {sweep_cfg.name!r} stopped with {unfinished} unfinished trial(s); "
+              f"continue it with resume=true", flush=True)
+        raise KeyboardInterrupt
+    ok = [r for r in grid if not r.error and r.metrics and metric in r.metrics
+          and isinstance(r.metrics[metric], (int, float)) and math.isfinite(r.metrics[metric])]
+    if not ok:
+        errors = "; ".join(str(r.error)[:200] for r in grid if r.error)
+        raise ValueError(f"every trial of sweep {sweep_cfg.name!r} failed: {errors}")
+    best = (min if mode == "min" else max)(ok, key=lambda r: r.metrics[metric])
+    best_record = {
+        "sweep": str(sweep_cfg.name), "metric": metric, "mode": mode,
+        "params": best.config, "metrics": {k: v for k, v in best.metrics.items()
+                                            if isinstance(v, (int, float, str)) and k != "config"},
+        "trial_path": best.path,
+        "checkpoint": str(Path(best.checkpoint.path) / "last.pt") if best.checkpoint else None,
+        "train_config": OmegaConf.to_container(train_cfg),
+        "dashboard_url": ctx.dashboard_url,
+    }
+    tmp = out_dir / ".best.json.tmp"
+    tmp.write_text(json.dumps(best_record, indent=2, default=str) + "\n")
+    os.replace(tmp, out_dir / "best.json")
+
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print("\nTrials:\n" + table.to_string(index=False), flush=True)
+    print(f"\nBest trial ({metric}, {mode}): lr={best.config.get('lr'):.3g} "
+          f"subdeterminants={best.config.get('subdeterminants')} "
+          + " ".join(f"{c}={best.metrics.get(c):.4g}" for c in metric_columns
+                     if isinstance(best.metrics.get(c), (int, float))), flush=True)
+    print(f"results: {out_dir}/trials.csv and {out_dir}/best.json", flush=True)
+    return best_record
