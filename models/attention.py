@@ -12,9 +12,10 @@ For node ``i`` and neighbour ``j`` (dense, all pairs of real nodes, ``j == i`` i
 two such flattenings is invariant because rotations preserve dot products. Heads split every
 channel group (query/key vectors and scalars, value vectors and scalars) evenly.
 
-Self-edges are kept: the self term ``j == i`` sees the node's own features and a zero relative
-vector (its Gram entries and cross products are exactly 0, and no square root is taken), and it
-guarantees every real node has at least one neighbour to attend to.
+Self-edges are kept: the term ``j == i`` sees the node's own features and a zero relative
+vector, whose scalar products, subdeterminants and cross products are exactly 0 (no square root
+or division is taken, so this is safe for values and gradients); it also guarantees that every
+real node has a neighbour to attend to. Padded neighbours are masked out of the softmax.
 """
 from __future__ import annotations
 

@@ -53,6 +53,9 @@ def connect(ray_cfg: DictConfig, *, quiet: bool = False):
     if auth not in ("token", "disabled"):
         raise ValueError(f"ray.auth={auth!r} must be 'token' or 'disabled'")
     set_auth_mode(auth)
+    # Trials checkpoint every epoch and Tune keeps two; that forces frequent experiment-state
+    # snapshots, which are cheap here (local storage), so silence the warning about them.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     # Long-lived helpers of Ray inherit this; keep runtime logs out of the user's terminal.

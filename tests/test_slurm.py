@@ -19,8 +19,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["--oversubscribe", "--time=5"]
 USABLE = {"idle", "mixed", "allocated", "completing"}
-
-
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
             "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
