@@ -142,7 +142,9 @@ def run_worker(spec: dict) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     times = []
     budget_end = time.perf_counter() + spec["seconds"]
-    while len(times) < spec["steps"] and time.perf_counter() < budget_end:
+    # Cheap steps: at least 5 timed ones, so one step slowed by a busy machine cannot decide alone.
+    min_steps = min(5, spec["steps"]) if first[0] < 0.5 and spec["seconds"] > 0 else 0
+    while len(times) < spec["steps"] and (len(times) < min_steps or time.perf_counter() < budget_end):
         wall, cpu = time.perf_counter(), time.process_time()
         step()
         times.append((time.perf_counter() - wall, time.process_time() - cpu))
@@ -169,7 +171,8 @@ def measure(spec: dict) -> dict:
 
 def spec(task, model, args, *, batch=128, steps=20, seconds=3.0):
     """One configuration: after a first (untimed, memory-measuring) step, up to ``steps`` timed
-    steps within ``seconds`` (at least the first step is timed if nothing else fits)."""
+    steps within ``seconds`` (at least 5 when a step is cheap; a configuration whose first step
+    takes over half a second, or with ``seconds=0``, may be timed on that first step alone)."""
     return {"task": task, "model": model, "threads": args.threads, "device": args.device, "batch": batch,
             "steps": steps, "seconds": seconds}
 

@@ -9,6 +9,8 @@ Generates the paper dataset with the simulator first if it is missing (a few sec
 """
 from __future__ import annotations
 
+import _repo_path  # noqa: F401  (must come before the project's imports)
+
 import argparse
 import platform
 import tempfile

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "evaluate a checkpoint on its test split"),
     "sweep": (None, "sweeps.cli:sweep_command",
               "Ray Tune sweep over learning rate and subdeterminant sampling"),
+    "reproduce-table1": ("reproduce_table1", "sweeps.table1:reproduce_command",
+                         "reproduce the paper's N-body Table 1 (lr sweep, final runs, JSON + plot)"),
     "demo": (None, "sweeps.demo:demo_command",
              "the newcomer demo: small N-body dataset, small local sweep, results table"),
 }

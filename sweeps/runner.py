@@ -52,7 +52,9 @@ def results_table(experiment_path: Path, metric_columns: list[str]):
         params, metrics = trial.config or {}, trial.last_result or {}
         row = {"trial_id": trial.trial_id,
                "status": {"TERMINATED": "OK", "ERROR": "ERROR"}.get(str(trial.status), "UNFINISHED"),
-               "lr": params.get("lr"), "subdeterminants": params.get("subdeterminants"),
+               "group": params.get("group"),
+               "lr": params.get("lr", (params.get("lr_by_group") or {}).get(params.get("group"))),
+               "subdeterminants": params.get("subdeterminants"),
                "seed": params.get("seed")}
         for col in ["epoch", "train_loss", "seconds_per_epoch", *metric_columns]:
             row[col] = metrics.get(col)
@@ -156,7 +158,8 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
         print("\nTrials:\n" + table.to_string(index=False), flush=True)
-    print(f"\nBest trial ({metric}, {mode}): lr={best.config.get('lr'):.3g} "
+    best_lr = best.config.get("lr", (best.config.get("lr_by_group") or {}).get(best.config.get("group")))
+    print(f"\nBest trial ({metric}, {mode}): lr={best_lr:.3g} "
           f"subdeterminants={best.config.get('subdeterminants')} "
           + " ".join(f"{c}={best.metrics.get(c):.4g}" for c in metric_columns
                      if isinstance(best.metrics.get(c), (int, float))), flush=True)

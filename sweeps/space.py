@@ -2,7 +2,9 @@
 
 ``search.lr`` and ``search.subdeterminants`` are lists (grid search); ``search.lr_loguniform``
 ``[low, high]`` instead samples the learning rate log-uniformly ``num_samples`` times;
-``search.seeds`` repeats every point with different training seeds.
+``search.seeds`` repeats every point with different training seeds; ``search.groups`` adds a
+grid over ``model.group``, and ``search.lr_by_group`` (``{E3: lr, SE3: lr}``) then fixes each
+group's learning rate instead of the ``lr`` grid (the final runs of a reproduction).
 """
 from __future__ import annotations
 
@@ -30,7 +32,25 @@ def param_space(search: DictConfig) -> dict:
         Empty lists, non-positive learning rates or a malformed ``lr_loguniform``.
     """
     space: dict = {}
-    if search.get("lr_loguniform"):
+    groups = [str(g) for g in (search.get("groups") or [])]
+    if groups:
+        bad = sorted(set(groups) - {"E3", "SE3"})
+        if bad:
+            raise ValueError(f"search.groups entries must be E3 or SE3, got {bad}")
+        space["group"] = tune.grid_search(groups)
+    lr_by_group = search.get("lr_by_group")
+    if lr_by_group:
+        lr_by_group = OmegaConf.to_container(lr_by_group)
+        if not all(isinstance(v, (int, float)) and v > 0 for v in lr_by_group.values()):
+            raise ValueError(f"search.lr_by_group must map groups to positive rates, got {lr_by_group} "
+                             f"(YAML needs a space after each colon: {{E3: 1e-3, SE3: 3e-4}})")
+        lr_by_group = {str(k): float(v) for k, v in lr_by_group.items()}
+        missing = sorted(set(groups) - set(lr_by_group))
+        if not groups or missing:
+            raise ValueError(f"search.lr_by_group needs search.groups and a rate for each of them "
+                             f"(missing {missing})")
+        space["lr_by_group"] = lr_by_group
+    elif search.get("lr_loguniform"):
         low, high = (float(x) for x in search.lr_loguniform)
         if not 0 < low < high:
             raise ValueError(f"search.lr_loguniform must be [low, high] with 0 < low < high, got {list(search.lr_loguniform)}")
@@ -56,7 +76,10 @@ def apply_trial_params(train_cfg: DictConfig, params: dict) -> DictConfig:
     """A copy of the training config with the trial's sampled values filled in."""
     cfg = train_cfg.copy()
     OmegaConf.set_struct(cfg, False)
-    cfg.optim.lr = float(params["lr"])
+    if "group" in params:
+        cfg.model.group = str(params["group"])
+    lr = params["lr_by_group"][cfg.model.group] if "lr_by_group" in params else params["lr"]
+    cfg.optim.lr = float(lr)
     cfg.model.subdeterminants = params["subdeterminants"]
     if "seed" in params:
         cfg.seed = int(params["seed"])

@@ -68,7 +68,7 @@ def test_nbody_rotation_translation_equivariance(group, dtype, device):
     dx, dv = model(x, v, q)
     assert dx.abs().mean() > 1e-3 and dv.abs().mean() > 1e-3  # not trivially zero
     errors = []
-    for _ in range(5):
+    for _ in range(10):
         rot = random_rotation(gen, dtype).to(device)
         shift = (torch.randn(3, generator=gen, dtype=dtype) * 10).to(device)
         dx2, dv2 = model(x @ rot.T + shift, v @ rot.T, q)
@@ -126,7 +126,7 @@ def test_qm9_rotation_translation_permutation_invariance(group, dtype, device):
     y = model(z, x, bonds)
     assert y.abs().min() > 1e-4  # not trivially zero
     errors = []
-    for _ in range(5):
+    for _ in range(10):
         rot = random_rotation(gen, dtype).to(device)
         shift = (torch.randn(3, generator=gen, dtype=dtype) * 10).to(device)
         errors.append((model(z, x @ rot.T + shift, bonds) - y).abs().max().item())

@@ -1,0 +1,557 @@
+"""``invattn sweep launcher=submitit``: the SLURM sweep job of ``slurm/sweep.sh``, from Python.
+
+The launcher submits one job (``submitit.*`` keys of ``configs/sweep.yaml``) with one task per
+node.  Every task runs :class:`SweepJob`: rank 0 starts the Ray head, the other ranks start Ray
+workers that join it, rank 0 runs the sweep driver in-process
+(:func:`sweeps.runner.run_sweep`, ``ray.address`` = the head) and returns the best-trial record,
+which comes back to the launcher as ``job.result()``.  Without SLURM (no ``sbatch`` on PATH)
+the same job runs on this machine through submitit's local executor.
+
+Cluster bring-up follows ``slurm/lib/ray_cluster.sh`` and ``ray_node.sh`` (DESIGN sections 6
+and 8, "Distributed"):
+
+- token authentication: ``RAY_AUTH_MODE=token`` and one random token per launch, written by
+  the launcher (mode 600) into ``submitit.folder/tokens/`` before submission; every task
+  exports it as ``RAY_AUTH_TOKEN_PATH`` before Ray starts;
+- explicit ``--num-cpus`` (the task's CPUs) and ``--num-gpus`` (the node's GPUs), because Ray
+  would otherwise count the whole host; the batch script exports ``SRUN_CPUS_PER_TASK``
+  (Slurm >= 22.05 no longer passes ``--cpus-per-task`` on to ``srun``);
+- a port block per node index (same layout as ``ray_node.sh``), so several Ray nodes can
+  share one host (the dev cluster's two virtual nodes), and a short ``--temp-dir``
+  (``/tmp/r<job>.<node>``: Ray's Unix socket paths must fit in 107 bytes);
+- node addresses from SLURM's ``NodeAddr``, preferring a non-loopback IPv4 address (Debian
+  maps the host name to 127.0.1.1, which no other host can reach);
+- ``ray start --block`` stays a child of the task, so SLURM's process tracking sees (and on
+  cancellation kills) every Ray process; Ray ignores submitit's preemption signal (USR2),
+  which only the driver handles;
+- rendezvous through files in the shared job folder: rank 0 writes ``head`` once the head
+  answers, workers join then; at the end rank 0 writes ``done``, workers stop and write
+  ``stopped.<rank>``, then the head stops (a worker drains through the head).
+
+Time limit or preemption: submitit sends USR2 ``signal_delay_s`` before the limit; rank 0 then
+calls :meth:`SweepJob.checkpoint`, which resubmits the same job marked as requeued, and
+submitit requeues it.  The requeued job resumes the sweep (``resume=true``) when Tune had
+saved its state, and starts it afresh otherwise.
+
+Without accounting (``sacct`` fails) submitit reports the state UNKNOWN; the launcher waits on
+the result files and on ``squeue`` instead, so results still come back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+__all__ = ["launch", "submit", "SweepJob", "experiment_path", "can_resume", "port_base"]
+
+# Seconds a node may take to start and join (same knob as slurm/lib/ray_cluster.sh).
+START_TIMEOUT_S = float(os.environ.get("RAY_START_TIMEOUT", 180))
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+# ---- shared with slurm/sweep.sh --------------------------------------------------------------
+
+def experiment_path(sweep_cfg: DictConfig) -> Path:
+    """Tune's experiment directory of a sweep, as :func:`sweeps.runner.run_sweep` lays it out."""
+    out_dir = Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)
+    storage = Path(sweep_cfg.storage_path).resolve() if sweep_cfg.storage_path else out_dir / "ray"
+    return storage / str(sweep_cfg.name)
+
+
+def can_resume(sweep_cfg: DictConfig) -> bool:
+    """True when Tune saved the state of this sweep, so ``resume=true`` can continue it."""
+    from ray import tune
+
+    path = experiment_path(sweep_cfg)
+    return path.is_dir() and tune.Tuner.can_restore(str(path))
+
+
+def port_base(job_id: str) -> int:
+    """First port of the job's block (``RAY_PORT_BASE`` or 20000 + 1000 * (job id % 12)),
+    as in ``slurm/lib/ray_cluster.sh``; node ``i`` uses ports base + 20 * (i % 10) + 0..8."""
+    if os.environ.get("RAY_PORT_BASE"):
+        return int(os.environ["RAY_PORT_BASE"])
+    digits = re.match(r"\d+", str(job_id))
+    return 20000 + 1000 * ((int(digits.group()) if digits else 0) % 12)
+
+
+def _dashboard_port(base: int) -> int:
+    return base + 8  # head slot 0, P+8 (see ray_node.sh)
+
+
+# ---- inside the job ---------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} {os.environ.get('SLURMD_NODENAME', socket.gethostname())}] "
+          f"{msg}", flush=True)
+
+
+def node_ip(node: str) -> str:
+    """An IPv4 address at which other nodes reach SLURM node ``node`` (its NodeAddr)."""
+    addr = node
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True,
+                             text=True, timeout=60).stdout
+        found = re.search(r"\bNodeAddr=(\S+)", out)
+        addr = found.group(1) if found else node
+    if re.fullmatch(r"\d+(\.\d+){3}", addr):
+        return addr
+    try:
+        ips = [info[4][0] for info in socket.getaddrinfo(addr, None, socket.AF_INET)]
+    except socket.gaierror as exc:
+        raise RuntimeError(f"cannot resolve node {node} (NodeAddr={addr}): {exc}") from exc
+    # 127.0.1.1 (Debian's entry for the machine's own name) is not reachable from elsewhere.
+    return next((ip for ip in ips if not ip.startswith("127.")), ips[0])
+
+
+def _node_gpus() -> int:
+    """GPUs SLURM (or the local executor) gave this task; 0 when none."""
+    if os.environ.get("SLURM_GPUS_ON_NODE"):
+        return int(os.environ["SLURM_GPUS_ON_NODE"])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if visible and visible != "NoDevFiles":
+        return len([d for d in visible.split(",") if d.strip()])
+    return 0
+
+
+def _node_cpus() -> int:
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return len(os.sched_getaffinity(0))
+
+
+def _ray_start(role: str, index: int, ip: str, base: int, tmp: Path, *, head_address: str | None,
+               dashboard: bool) -> subprocess.Popen:
+    """``ray start --block`` for one node, as a child of this task (ports as in ray_node.sh)."""
+    slot = index % 10
+    p, wmin = base + 20 * slot, 10000 + 500 * slot
+    ncpus, ngpus = _node_cpus(), _node_gpus()
+    args = ["--block", "--disable-usage-stats", f"--node-ip-address={ip}", f"--temp-dir={tmp}",
+            f"--num-cpus={ncpus}", f"--num-gpus={ngpus}",
+            f"--node-manager-port={p + 1}", f"--object-manager-port={p + 2}",
+            f"--dashboard-agent-grpc-port={p + 3}", f"--dashboard-agent-listen-port={p + 4}",
+            f"--metrics-export-port={p + 5}", f"--runtime-env-agent-port={p + 6}",
+            f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 499}"]
+    if os.environ.get("RAY_OBJECT_STORE_BYTES"):
+        args.append(f"--object-store-memory={os.environ['RAY_OBJECT_STORE_BYTES']}")
+    if role == "head":
+        # The dashboard listens on 127.0.0.1 only: reach it through an ssh tunnel.
+        args += ["--head", f"--port={p}", f"--ray-client-server-port={p + 7}",
+                 f"--include-dashboard={str(dashboard).lower()}", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={_dashboard_port(base)}"]
+    else:
+        args.append(f"--address={head_address}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    _log(f"ray {role} (node {index}, {ip}): {ncpus} CPU(s), {ngpus} GPU(s), ports {p}.., temp {tmp}")
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    usr_sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+    def ignore_preemption_signal():
+        # SLURM signals every process of the step; only the driver (rank 0) must act on it.
+        signal.signal(usr_sig, signal.SIG_IGN)
+
+    return subprocess.Popen([ray_cli, "start", *args], preexec_fn=ignore_preemption_signal)
+
+
+def _stop_ray(proc: subprocess.Popen, role: str) -> None:
+    """SIGTERM to ``ray start --block`` alone drains and stops that node (see ray_node.sh)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            _log(f"ray {role} still up after 40 s; killing it")
+            proc.kill()
+            proc.wait()
+    _log(f"ray {role} stopped (ray start status {proc.returncode})")
+
+
+def _wait_for(what: str, ready, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: `ray start` exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+class SweepJob(Checkpointable):
+    """The callable every task of the sweep job runs (one task per node).
+
+    Parameters
+    ----------
+    sweep_yaml, train_yaml : str
+        The resolved sweep and training configs (absolute paths).
+    token_path : str
+        The launch's Ray token file (mode 600, in the shared job folder).
+    rendezvous : str
+        Shared folder for the head / done / stopped files of each job run.
+    requeued : bool
+        Set by :meth:`checkpoint`: this run continues an interrupted one.
+
+    Returns (rank 0) the best-trial record of :func:`sweeps.runner.run_sweep`; other ranks
+    return None.
+    """
+
+    def __init__(self, sweep_yaml: str, train_yaml: str, token_path: str, rendezvous: str,
+                 requeued: bool = False) -> None:
+        self.sweep_yaml, self.train_yaml = sweep_yaml, train_yaml
+        self.token_path, self.rendezvous = token_path, rendezvous
+        self.requeued = requeued
+        self._checkpointed = False
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        """Called by submitit on rank 0 at the time limit or on preemption: resubmit this job,
+        marked as requeued so that it resumes the sweep."""
+        self._checkpointed = True  # keep the token: the requeued job uses it
+        _log("time limit or preemption: requeueing; the sweep resumes from Tune's saved state")
+        return DelayedSubmission(SweepJob(self.sweep_yaml, self.train_yaml, self.token_path,
+                                          self.rendezvous, requeued=True))
+
+    def __call__(self) -> dict | None:
+        import submitit
+
+        from sweeps.ray_cluster import set_auth_mode
+
+        env = submitit.JobEnvironment()
+        os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
+        os.environ.pop("RAY_AUTH_TOKEN", None)    # a token in the environment would win
+        os.environ.pop("RAY_ADDRESS", None)
+        os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
+        set_auth_mode("token")
+        # Files of this run; a requeued run (same job id) gets a fresh set.
+        rdv = Path(self.rendezvous) / f"{env.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        rdv.mkdir(parents=True, exist_ok=True)
+        base = port_base(env.raw_job_id)
+        node_name = os.environ.get("SLURMD_NODENAME") or env.hostnames[env.node]
+        ip = node_ip(node_name) if env.cluster == "slurm" else "127.0.0.1"
+        tmp = Path(os.environ.get("RAY_TMP_ROOT", "/tmp")) / f"r{env.raw_job_id}.{env.node}"
+        _log(f"{env}: Ray {'head' if env.global_rank == 0 else 'worker'} on {node_name}")
+        if env.global_rank == 0:
+            return self._head(env, rdv, base, ip, tmp)
+        self._worker(env, rdv, base, ip, tmp)
+        return None
+
+    # rank 0 -------------------------------------------------------------------------------
+    def _head(self, env, rdv: Path, base: int, ip: str, tmp: Path) -> dict:
+        import ray
+
+        from sweeps.runner import run_sweep
+
+        sweep_cfg = OmegaConf.create(self.sweep_yaml)
+        train_cfg = OmegaConf.create(self.train_yaml)
+        address = f"{ip}:{base}"
+        n_nodes = env.num_nodes
+        proc = _ray_start("head", 0, ip, base, tmp, head_address=None,
+                          dashboard=bool(sweep_cfg.ray.dashboard))
+        try:
+            _wait_for("ray head", lambda: _port_open(ip, base), proc)
+            # The head answers: let the workers join, and wait until every node is alive.
+            ray.init(address=address, log_to_driver=False)
+            (rdv / ".head.tmp").write_text(json.dumps({"address": address}))
+            os.replace(rdv / ".head.tmp", rdv / "head")
+            _wait_for(f"ray: {n_nodes} node(s)", lambda: sum(n["Alive"] for n in ray.nodes()) >= n_nodes, proc)
+            ray.shutdown()
+            _log(f"ray: all {n_nodes} node(s) joined; head at {address}")
+            if sweep_cfg.ray.dashboard:
+                _log(f"Ray dashboard: http://127.0.0.1:{_dashboard_port(base)} on {socket.gethostname()}; "
+                     f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {socket.gethostname()} "
+                     f"and open http://127.0.0.1:8265 (token: cat {self.token_path})")
+            sweep_cfg.ray.address = address
+            if self.requeued and not sweep_cfg.resume:
+                # Resume only what Tune saved: a requeue before its first save starts afresh.
+                sweep_cfg.resume = can_resume(sweep_cfg)
+                _log(f"requeued job: {'resuming the sweep' if sweep_cfg.resume else 'no saved sweep yet, starting it'}")
+            try:
+                return run_sweep(sweep_cfg, train_cfg)
+            except KeyboardInterrupt as exc:   # Tune stopped with unfinished trials
+                raise RuntimeError(f"sweep {sweep_cfg.name!r} stopped with unfinished trials; "
+                                   f"continue it with resume=true") from exc
+        finally:
+            ray.shutdown()
+            (rdv / "done").touch()
+            stopped = [rdv / f"stopped.{r}" for r in range(1, env.num_tasks)]
+            try:
+                _wait_for("ray workers stopping", lambda: all(p.exists() for p in stopped), timeout=60)
+            except TimeoutError as exc:
+                _log(f"{exc}; stopping the head anyway")
+            _stop_ray(proc, "head")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not self._checkpointed:
+                Path(self.token_path).unlink(missing_ok=True)
+                shutil.rmtree(rdv, ignore_errors=True)
+
+    # rank > 0 -----------------------------------------------------------------------------
+    def _worker(self, env, rdv: Path, base: int, ip: str, tmp: Path) -> None:
+        head_file, done = rdv / "head", rdv / "done"
+        # The head may fail before it is up: it then writes `done` (and no `head`).
+        _wait_for("waiting for the ray head", lambda: head_file.exists() or done.exists())
+        if done.exists():
+            raise RuntimeError("the Ray head (rank 0) stopped before the cluster was up; see its log")
+        head_address = json.loads(head_file.read_text())["address"]
+        proc = _ray_start("worker", env.node, ip, base, tmp, head_address=head_address, dashboard=False)
+        try:
+            # Until the head is done (or gone: rank 0 removes the folder at the very end).
+            while proc.poll() is None and not done.exists() and head_file.exists():
+                time.sleep(0.5)
+            crashed = proc.poll() is not None and not done.exists()
+            _stop_ray(proc, "worker")
+            if crashed:
+                raise RuntimeError(f"ray worker on node {env.node} exited with status {proc.returncode} "
+                                   f"before the sweep ended")
+        finally:
+            if proc.poll() is None:
+                _stop_ray(proc, "worker")
+            shutil.rmtree(tmp, ignore_errors=True)
+            if rdv.exists():
+                (rdv / f"stopped.{env.global_rank}").touch()
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# ---- the launcher -----------------------------------------------------------------------------
+
+def _absolute(sweep_cfg: DictConfig, train_cfg: DictConfig) -> tuple[DictConfig, DictConfig]:
+    """Copies with every path made absolute: the job may start in another directory."""
+    sweep_cfg, train_cfg = sweep_cfg.copy(), train_cfg.copy()
+    sweep_cfg.results_dir = str(Path(sweep_cfg.results_dir).resolve())
+    if sweep_cfg.storage_path:
+        sweep_cfg.storage_path = str(Path(sweep_cfg.storage_path).resolve())
+    train_cfg.data.dir = str(Path(train_cfg.data.dir).resolve())
+    return sweep_cfg, train_cfg
+
+
+def _partition_cpus(partition: str | None) -> int:
+    """CPUs of the smallest node of ``partition`` (sinfo), or of this machine without SLURM."""
+    if not shutil.which("sinfo"):
+        return len(os.sched_getaffinity(0))
+    cmd = ["sinfo", "-h", "-o", "%c"] + (["-p", partition] if partition else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cpus = [int(m.group()) for m in re.finditer(r"\d+", out.stdout)]
+    if out.returncode != 0 or not cpus:
+        raise ValueError(f"submitit.cpus_per_node=null: cannot read the CPUs per node of partition "
+                         f"{partition or '(default)'} from sinfo ({out.stderr.strip() or 'no nodes'}); "
+                         f"set submitit.cpus_per_node")
+    return min(cpus)
+
+
+def _validate(sweep_cfg: DictConfig, train_cfg: DictConfig, cpus: int) -> None:
+    sub = sweep_cfg.submitit
+    if sweep_cfg.ray.address:
+        raise ValueError("ray.address must stay null with launcher=submitit: the job starts its own Ray cluster")
+    if int(sub.nodes) < 1 or cpus < 1 or int(sub.gpus_per_node) < 0:
+        raise ValueError(f"submitit.nodes and submitit.cpus_per_node must be >= 1 and gpus_per_node >= 0 "
+                         f"(got {sub.nodes}, {cpus}, {sub.gpus_per_node})")
+    if float(sweep_cfg.resources.cpus_per_trial) > cpus:
+        raise ValueError(f"resources.cpus_per_trial={sweep_cfg.resources.cpus_per_trial} exceeds "
+                         f"submitit.cpus_per_node={cpus}: no trial could ever start")
+    if not Path(train_cfg.data.dir).is_dir():
+        raise FileNotFoundError(f"data.dir={train_cfg.data.dir} does not exist (make it with `invattn simulate`)")
+    resumable = can_resume(sweep_cfg)
+    if sweep_cfg.resume and not resumable:
+        raise ValueError(f"resume=true but there is no sweep to resume at {experiment_path(sweep_cfg)}")
+    if not sweep_cfg.resume and resumable:
+        raise FileExistsError(f"a sweep named {sweep_cfg.name!r} already exists at {experiment_path(sweep_cfg)}; "
+                              f"pass resume=true to continue it or choose another name=")
+
+
+def _new_token(folder: Path) -> Path:
+    """A fresh random Ray token in ``folder/tokens/`` (folder 700, file 600 from the start)."""
+    tokens = folder / "tokens"
+    tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = tokens / f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def submit(sweep_cfg: DictConfig, train_cfg: DictConfig):
+    """Validate and submit the sweep job; return ``(job, token_path)``: the submitit ``Job``
+    (SLURM, or local without ``sbatch``) and the launch's Ray token file.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, FileExistsError
+        Bad ``submitit.*`` / ``resources.*`` settings, missing data, or a sweep that already
+        exists (without ``resume=true``) or does not (with it).
+    """
+    import submitit
+
+    sweep_cfg, train_cfg = _absolute(sweep_cfg, train_cfg)
+    sub = sweep_cfg.submitit
+    on_slurm = shutil.which("sbatch") is not None
+    cpus = int(sub.cpus_per_node) if sub.cpus_per_node is not None else _partition_cpus(sub.partition)
+    _validate(sweep_cfg, train_cfg, cpus)
+    folder = Path(sub.folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    token = _new_token(folder)
+    job_fn = SweepJob(OmegaConf.to_yaml(sweep_cfg), OmegaConf.to_yaml(train_cfg), str(token),
+                      str(folder / "rendezvous"))
+    gpus = int(sub.gpus_per_node)
+    if on_slurm:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(sub.max_requeues))
+        params = dict(job_name=f"invattn-sweep-{sweep_cfg.name}", time=int(sub.timeout_min),
+                      nodes=int(sub.nodes), ntasks_per_node=1, cpus_per_task=cpus,
+                      signal_delay_s=int(sub.signal_delay_s),
+                      # Slurm >= 22.05: srun does not pass --cpus-per-task on by itself.
+                      setup=["export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}"],
+                      additional_parameters={"requeue": True,
+                                             **OmegaConf.to_container(sub.additional or {})})
+        if sub.partition:
+            params["partition"] = str(sub.partition)
+        if gpus:
+            params["gpus_per_node"] = gpus
+        executor.update_parameters(**params)
+    else:
+        if int(sub.nodes) > 1:
+            print(f"invattn sweep: no SLURM here: running on this machine only "
+                  f"(submitit.nodes={sub.nodes} ignored)", flush=True)
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=int(sub.max_requeues))
+        executor.update_parameters(timeout_min=int(sub.timeout_min), nodes=1, tasks_per_node=1,
+                                   gpus_per_node=gpus, signal_delay_s=int(sub.signal_delay_s))
+    try:
+        return executor.submit(job_fn), token
+    except submitit.core.utils.FailedJobError as exc:   # sbatch refused the job
+        token.unlink(missing_ok=True)
+        raise ValueError(f"the job was not submitted: {str(exc).strip()}") from exc
+
+
+def _squeue(job_id: str) -> tuple[str, str]:
+    """(state, node list) of a job from squeue (works without accounting); ('', '') when the
+    controller no longer knows it."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %N"],
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    return (out[0], out[1] if len(out) > 1 else "") if out else ("", "")
+
+
+def _wait(job, on_slurm: bool, base: int) -> None:
+    """Block until every task has written its result, or SLURM says the job is over.
+
+    Not ``job.wait()``: without accounting it cannot tell a dead job from a running one.
+    """
+    pickles = [job.task(i).paths.result_pickle for i in range(job.num_tasks)]
+    last_check, told_nodes, gone_since = 0.0, False, None
+    while not all(p.exists() for p in pickles):
+        if not on_slurm:
+            if job.done():
+                return
+        elif time.monotonic() - last_check > 5:
+            last_check = time.monotonic()
+            state, nodes = _squeue(job.job_id)
+            if state == "RUNNING" and nodes and not told_nodes:
+                told_nodes = True
+                head = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
+                                      text=True).stdout.split() or [nodes]
+                print(f"job {job.job_id} running on {nodes}; Ray dashboard: "
+                      f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {head[0]}", flush=True)
+            if state in TERMINAL or not state:
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 30:   # result files may lag on shared filesystems
+                    return
+        time.sleep(1)
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
+    """``invattn sweep launcher=submitit ...``: submit the sweep job, print where to watch it,
+    and (``submitit.wait=true``) wait for the best-trial record.  Exit code 0 on success,
+    1 if the job failed (its log is shown)."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from sweeps.cli import load_sweep_configs
+
+    _, train_cfg = load_sweep_configs(argv)
+    on_slurm = shutil.which("sbatch") is not None
+    if not on_slurm:
+        print("invattn sweep: no SLURM here (no `sbatch` on PATH): running the job on this machine "
+              "with submitit's local executor", flush=True)
+    job, token = submit(sweep_cfg, train_cfg)
+    base, sub = port_base(job.job_id), sweep_cfg.submitit
+    kind = "SLURM job" if on_slurm else "local job (pid)"
+    task0 = job.task(0).paths
+    print(f"submitted {kind} {job.job_id}: {sub.nodes if on_slurm else 1} node(s), one task each\n"
+          f"  logs: {task0.stdout}\n        {task0.stderr}\n"
+          f"        (task i: {job.job_id}_<i>_log.out/.err in {task0.folder}; task 0 runs the Ray head "
+          f"and the sweep driver)\n"
+          f"  results: {Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)}", flush=True)
+    if sweep_cfg.ray.dashboard:
+        where = "the job's first node" if on_slurm else "this machine"
+        print(f"  Ray dashboard: http://127.0.0.1:{_dashboard_port(base)} on {where}"
+              + (f"; from your machine: ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} <first node> "
+                 f"(squeue -j {job.job_id} -o %N), then open http://127.0.0.1:8265" if on_slurm else ""),
+              flush=True)
+    print(f"  token (the dashboard asks for it once): cat {token}   "
+          f"or RAY_AUTH_TOKEN_PATH={token} ray get-auth-token", flush=True)
+    if not sub.wait:
+        return 0
+    print(f"waiting for job {job.job_id} (Ctrl-C stops waiting, not the job"
+          + (f"; cancel it with scancel {job.job_id})" if on_slurm else ")"), flush=True)
+    try:
+        _wait(job, on_slurm, base)
+        if not job.task(0).paths.result_pickle.exists():
+            # Killed without a result (cancelled, node failure, out of memory): submitit's own
+            # wait would poll sacct forever here without accounting.
+            state = _squeue(job.job_id)[0] if on_slurm else "ended"
+            print(f"invattn sweep: job {job.job_id} ended ({state or 'gone from squeue'}) without a "
+                  f"result; the end of its log {task0.stderr}:\n{_tail(task0.stderr)}", file=sys.stderr)
+            return 1
+        best = job.task(0).result()
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; job {job.job_id} keeps running (logs above)", file=sys.stderr)
+        return 130
+    except (FailedJobError, UncompletedJobError) as exc:
+        print(f"invattn sweep: job {job.job_id} failed:\n{exc}", file=sys.stderr)
+        return 1
+    metrics = " ".join(f"{k}={best['metrics'][k]:.4g}" for k in sweep_cfg.report_metrics
+                       if isinstance(best["metrics"].get(k), (int, float)))
+    print(f"best trial ({best['metric']}, {best['mode']}): lr={best['params'].get('lr')} "
+          f"subdeterminants={best['params'].get('subdeterminants')} {metrics}\n"
+          f"results: {Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)}/best.json, trials.csv",
+          flush=True)
+    return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m sweeps.submitit_launcher --can-resume [key=value ...]``: exit 0 if the sweep
+    these overrides describe has saved state to resume (used by slurm/sweep.sh on requeue)."""
+    from sweeps.cli import load_sweep_configs
+
+    if not argv or argv[0] != "--can-resume":
+        print(_main.__doc__, file=sys.stderr)
+        return 2
+    sweep_cfg, _ = load_sweep_configs(argv[1:])
+    return 0 if can_resume(sweep_cfg) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

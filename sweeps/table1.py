@@ -1,0 +1,172 @@
+"""``invattn reproduce-table1``: the paper's N-body Table 1, end to end.
+
+1. Simulate the paper dataset (5000 train / 1000 test, 5 bodies, 49 frames) if missing.
+2. Learning-rate sweep per variant (``configs/sweep/table1_lr.yaml``): short runs over
+   ``lr_grid``; each variant keeps the rate with the lowest test MSE of positions (the paper
+   "sweep[s] over different learning rates and select[s] the one with the best performance").
+3. Final runs (``configs/sweep/table1_final.yaml``): both variants, every seed, ``epochs`` epochs.
+4. Publish ``output_json`` (per variant: mean and standard deviation over seeds of the final
+   ``mse_x`` and ``mse_v``, parameters, epochs, seconds per epoch, seeds, learning rate, machine,
+   command) and the learning curves ``output_plot``.
+
+Both sweeps are ordinary Ray Tune sweeps: an interrupted reproduction resumes where it stopped
+when run again, and ``ray_address`` runs it on a cluster (e.g. inside ``slurm/sweep.sh``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves"]
+
+
+def _sweep(argv: list[str]):
+    from ray import tune
+
+    from sweeps.cli import load_sweep_configs
+    from sweeps.runner import run_sweep
+
+    sweep_cfg, train_cfg = load_sweep_configs(argv)
+    exp = Path(sweep_cfg.results_dir).resolve() / sweep_cfg.name / "ray" / sweep_cfg.name
+    if tune.Tuner.can_restore(str(exp)):
+        sweep_cfg.resume = True  # finished trials are kept; unfinished ones continue
+    run_sweep(sweep_cfg, train_cfg)
+    return Path(sweep_cfg.results_dir) / sweep_cfg.name
+
+
+def collect_runs(sweep_dir: Path) -> list[dict]:
+    """Every trial of a finished sweep: its params and its per-epoch metrics records."""
+    from ray.tune import ExperimentAnalysis
+
+    from pipeline.training.metrics_log import MetricsLog
+
+    runs = []
+    for trial in ExperimentAnalysis(str(Path(sweep_dir) / "ray" / Path(sweep_dir).name)).trials:
+        params = dict(trial.config or {})
+        lr = params.get("lr", (params.get("lr_by_group") or {}).get(params.get("group")))
+        records = MetricsLog.read(Path(trial.path) / "run" / "metrics.jsonl")
+        runs.append({"group": params.get("group"), "lr": lr, "seed": params.get("seed", 0),
+                     "status": str(trial.status), "records": records})
+    return runs
+
+
+def best_lr_per_group(runs: list[dict], metric: str = "test_mse_x") -> dict[str, float]:
+    best: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        if not run["records"] or metric not in run["records"][-1]:
+            continue
+        value = run["records"][-1][metric]
+        if run["group"] not in best or value < best[run["group"]][0]:
+            best[run["group"]] = (value, run["lr"])
+    return {g: lr for g, (_, lr) in best.items()}
+
+
+def summarize(runs: list[dict], *, command: str) -> dict:
+    """The published record: per variant, mean/std over seeds of the last epoch's metrics."""
+    import torch
+
+    out: dict = {}
+    for group in sorted({r["group"] for r in runs}):
+        finals = [r["records"][-1] for r in runs if r["group"] == group and r["records"]]
+        if not finals:
+            continue
+        mse_x = [f["test_mse_x"] for f in finals]
+        mse_v = [f["test_mse_v"] for f in finals]
+        sec = [rec["seconds_per_epoch"] for r in runs if r["group"] == group for rec in r["records"]]
+        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else None  # noqa: E731
+        out[group] = {
+            "mse_x": statistics.mean(mse_x), "mse_x_std": sd(mse_x), "mse_x_per_seed": mse_x,
+            "mse_v": statistics.mean(mse_v), "mse_v_std": sd(mse_v), "mse_v_per_seed": mse_v,
+            "params": finals[0]["params"],
+            "epochs": [f["epoch"] for f in finals],
+            "seconds_per_epoch": statistics.mean(sec),
+            "seeds": [r["seed"] for r in runs if r["group"] == group and r["records"]],
+            "lr": next(r["lr"] for r in runs if r["group"] == group),
+            "baselines": {k: finals[0][f"test_{k}"] for k in
+                          ("zero_change_mse_x", "zero_change_mse_v", "constant_velocity_mse_x")},
+        }
+    out["machine"] = {"platform": platform.platform(), "processor": platform.machine(),
+                      "cpus": os.cpu_count(), "torch": torch.__version__,
+                      "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    out["command"] = command
+    return out
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """Test MSE of positions and velocities per epoch, one line per variant and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in sorted(runs, key=lambda r: (r["group"], r["seed"])):
+        recs = [r for r in run["records"] if "test_mse_x" in r]
+        if not recs:
+            continue
+        epochs = [r["epoch"] for r in recs]
+        label = f"{run['group']} seed {run['seed']} (lr {run['lr']:.0e})"
+        axes[0].plot(epochs, [r["test_mse_x"] for r in recs], label=label)
+        axes[1].plot(epochs, [r["test_mse_v"] for r in recs], label=label)
+    paper = {"E3": (31.2e-4, 54.4e-3), "SE3": (34.9e-4, 58.2e-3)}
+    for i, (ax, name) in enumerate(zip(axes, ("MSE x (positions)", "MSE v (velocities)"))):
+        for group, style in (("E3", ":"), ("SE3", "--")):
+            ax.axhline(paper[group][i], color="gray", ls=style, lw=1, label=f"paper {group}")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"test {name}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("N-body (5 charged bodies, 500-step horizon): test error during training")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reproduce_command(cfg: DictConfig) -> int:
+    from pipeline.config import load_config
+    from simulator.cli import simulate_command
+
+    data = Path(cfg.data_dir)
+    if not (data / "train.h5").is_file() or not (data / "test.h5").is_file():
+        print(f"== simulating the paper dataset into {data}", flush=True)
+        simulate_command(load_config("simulate", ["preset=paper", f"out={data}"]))
+    common = [f"results_dir={cfg.results_dir}", f"data.dir={data}",
+              f"resources.cpus_per_trial={cfg.cpus_per_trial}"]
+    if cfg.ray_address:
+        common.append(f"ray.address={cfg.ray_address}")
+    lr_by_group = OmegaConf.to_container(cfg.lr_by_group) if cfg.lr_by_group else None
+    if not lr_by_group:
+        print("== step 1: learning-rate sweep", flush=True)
+        lr_grid = ",".join(str(float(x)) for x in cfg.lr_grid)
+        lr_dir = _sweep(["preset=table1_lr", *common, f"search.lr=[{lr_grid}]",
+                         f"train.epochs={cfg.lr_epochs}"])
+        lr_by_group = best_lr_per_group(collect_runs(lr_dir))
+        print(f"chosen learning rates: {lr_by_group}", flush=True)
+    rates = ", ".join(f"{g}: {lr}" for g, lr in lr_by_group.items())
+    seeds = ",".join(str(int(s)) for s in cfg.seeds)
+    print("== step 2: final runs", flush=True)
+    final_dir = _sweep(["preset=table1_final", *common, f"search.lr_by_group={{{rates}}}",
+                        f"search.seeds=[{seeds}]", f"train.epochs={cfg.epochs}"])
+    runs = collect_runs(final_dir)
+    command = "invattn reproduce-table1 " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    record = summarize(runs, command=command.strip())
+    out = Path(cfg.output_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out)
+    plot_curves(runs, Path(cfg.output_plot))
+    print(json.dumps({g: {k: record[g][k] for k in ("mse_x", "mse_v", "lr", "epochs")}
+                      for g in record if g in ("E3", "SE3")}, indent=2))
+    print(f"wrote {out} and {cfg.output_plot}", flush=True)
+    return 0
+
