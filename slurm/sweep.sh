@@ -44,9 +44,16 @@ RESULTS_DIR="${RESULTS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/results/sweep-$SLURM_JOB_I
 mkdir -p "$RESULTS_DIR"
 invattn_log "sweep: results in $RESULTS_DIR (restart ${SLURM_RESTART_COUNT:-0})"
 
-# A requeued job (time limit, preemption) continues the sweep it started.
+# A requeued job (time limit, preemption) continues the sweep it started -- if Tune saved it:
+# a requeue before Tune's first save starts afresh (resume=true without saved state is an error).
 resume=()
-((${SLURM_RESTART_COUNT:-0} == 0)) || resume=(resume=true)
+if ((${SLURM_RESTART_COUNT:-0} > 0)); then
+    if python -m sweeps.submitit_launcher --can-resume results_dir="$RESULTS_DIR" "$@"; then
+        resume=(resume=true)
+    else
+        invattn_log "sweep: requeued, but no saved sweep state yet: starting it afresh"
+    fi
+fi
 
 ray_cluster_traps
 ray_cluster_up          # -> RAY_HEAD_ADDR (ip:port), RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH

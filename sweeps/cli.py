@@ -14,6 +14,12 @@ from pipeline.config import describe_keys, load_config
 
 __all__ = ["sweep_command", "load_sweep_configs"]
 
+# Per task: the metric that ranks trials by default, and the result-table columns.
+TASK_METRICS = {
+    "nbody": ("test_mse_x", ["test_mse_x", "test_mse_v", "test_constant_velocity_mse_x"]),
+    "qm9": ("valid_mae", ["valid_mae", "test_mae"]),
+}
+
 
 def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(sweep config, training config) from command-line overrides."""
@@ -30,6 +36,11 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
         train_args.insert(0, f"preset={sweep_cfg.train_preset}")
     train_args.insert(0, f"task={sweep_cfg.task}")
     train_cfg = load_config(f"train_{sweep_cfg.task}", train_args)
+    metric, columns = TASK_METRICS.get(str(sweep_cfg.task), (None, None))
+    if sweep_cfg.metric is None:
+        sweep_cfg.metric = metric
+    if sweep_cfg.report_metrics is None:
+        sweep_cfg.report_metrics = columns or [sweep_cfg.metric]
     return sweep_cfg, train_cfg
 
 

@@ -47,6 +47,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,8 +95,9 @@ def _dashboard_port(base: int) -> int:
 # ---- inside the job ---------------------------------------------------------------------------
 
 def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} {os.environ.get('SLURMD_NODENAME', socket.gethostname())}] "
-          f"{msg}", flush=True)
+    # os.write, not print: this also runs in signal handlers, where print may be re-entered.
+    node = os.environ.get("SLURMD_NODENAME", socket.gethostname())
+    os.write(sys.stdout.fileno(), f"[{time.strftime('%H:%M:%S')} {node}] {msg}\n".encode())
 
 
 def node_ip(node: str) -> str:
@@ -116,6 +118,13 @@ def node_ip(node: str) -> str:
     return next((ip for ip in ips if not ip.startswith("127.")), ips[0])
 
 
+def _preemption_signal() -> signal.Signals:
+    """The signal submitit asks SLURM to send before the time limit (USR2 unless changed)."""
+    import submitit
+
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+
+
 def _node_gpus() -> int:
     """GPUs SLURM (or the local executor) gave this task; 0 when none."""
     if os.environ.get("SLURM_GPUS_ON_NODE"):
@@ -133,60 +142,89 @@ def _node_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _ray_start(role: str, index: int, ip: str, base: int, tmp: Path, *, head_address: str | None,
-               dashboard: bool) -> subprocess.Popen:
-    """``ray start --block`` for one node, as a child of this task (ports as in ray_node.sh)."""
-    slot = index % 10
-    p, wmin = base + 20 * slot, 10000 + 500 * slot
-    ncpus, ngpus = _node_cpus(), _node_gpus()
-    args = ["--block", "--disable-usage-stats", f"--node-ip-address={ip}", f"--temp-dir={tmp}",
-            f"--num-cpus={ncpus}", f"--num-gpus={ngpus}",
-            f"--node-manager-port={p + 1}", f"--object-manager-port={p + 2}",
-            f"--dashboard-agent-grpc-port={p + 3}", f"--dashboard-agent-listen-port={p + 4}",
-            f"--metrics-export-port={p + 5}", f"--runtime-env-agent-port={p + 6}",
-            f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 499}"]
-    if os.environ.get("RAY_OBJECT_STORE_BYTES"):
-        args.append(f"--object-store-memory={os.environ['RAY_OBJECT_STORE_BYTES']}")
-    if role == "head":
-        # The dashboard listens on 127.0.0.1 only: reach it through an ssh tunnel.
-        args += ["--head", f"--port={p}", f"--ray-client-server-port={p + 7}",
-                 f"--include-dashboard={str(dashboard).lower()}", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={_dashboard_port(base)}"]
-    else:
-        args.append(f"--address={head_address}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    _log(f"ray {role} (node {index}, {ip}): {ncpus} CPU(s), {ngpus} GPU(s), ports {p}.., temp {tmp}")
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    usr_sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+class RayNode:
+    """This task's Ray node: ``ray start --block`` (ports as in ray_node.sh), a child of the
+    task in a process group of its own, so that :meth:`stop` also removes Ray daemons whose
+    parent already died.  (SLURM's ``proctrack/linuxproc`` loses such orphans; they would
+    keep the node's ports after a requeue.)"""
 
-    def ignore_preemption_signal():
-        # SLURM signals every process of the step; only the driver (rank 0) must act on it.
-        signal.signal(usr_sig, signal.SIG_IGN)
+    def __init__(self, role: str, index: int, ip: str, base: int, tmp: Path, *,
+                 head_address: str | None = None, dashboard: bool = False) -> None:
+        self.role, self.tmp = role, tmp
+        slot = index % 10
+        p, wmin = base + 20 * slot, 10000 + 500 * slot
+        self.ncpus, self.ngpus = _node_cpus(), _node_gpus()
+        args = ["--block", "--disable-usage-stats", f"--node-ip-address={ip}", f"--temp-dir={tmp}",
+                f"--num-cpus={self.ncpus}", f"--num-gpus={self.ngpus}",
+                f"--node-manager-port={p + 1}", f"--object-manager-port={p + 2}",
+                f"--dashboard-agent-grpc-port={p + 3}", f"--dashboard-agent-listen-port={p + 4}",
+                f"--metrics-export-port={p + 5}", f"--runtime-env-agent-port={p + 6}",
+                f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 499}"]
+        if os.environ.get("RAY_OBJECT_STORE_BYTES"):
+            args.append(f"--object-store-memory={os.environ['RAY_OBJECT_STORE_BYTES']}")
+        if role == "head":
+            # The dashboard listens on 127.0.0.1 only: reach it through an ssh tunnel.
+            args += ["--head", f"--port={p}", f"--ray-client-server-port={p + 7}",
+                     f"--include-dashboard={str(dashboard).lower()}", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={_dashboard_port(base)}"]
+        else:
+            args.append(f"--address={head_address}")
+        self.args, self.ip, self.first_port = args, ip, p
+        self.proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
 
-    return subprocess.Popen([ray_cli, "start", *args], preexec_fn=ignore_preemption_signal)
+    def start(self) -> "RayNode":
+        # A previous run of this job (requeue) may still be shutting down on these ports.
+        busy_port = self.first_port if self.role == "head" else self.first_port + 1
+        if _port_open(self.ip, busy_port):
+            _log(f"port {busy_port} is in use (a previous run of this job still stopping?); waiting")
+            _wait_for(f"port {busy_port} to be free", lambda: not _port_open(self.ip, busy_port))
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        _log(f"ray {self.role} ({self.ip}): {self.ncpus} CPU(s), {self.ngpus} GPU(s), "
+             f"ports {self.first_port}.., temp {self.tmp}")
+        usr_sig = _preemption_signal()
+
+        def ignore_preemption_signal():
+            # SLURM signals every process of the step; only the driver (rank 0) acts on it.
+            signal.signal(usr_sig, signal.SIG_IGN)
+
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", *self.args],
+                                     preexec_fn=ignore_preemption_signal, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 40) -> None:
+        """SIGTERM to ``ray start --block`` alone drains and stops the node (see ray_node.sh);
+        after ``grace`` seconds, or for leftovers, SIGKILL to its whole process group."""
+        with self._lock:
+            if self.proc is None:
+                return
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    _log(f"ray {self.role} still up after {grace:.0f} s; killing it")
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            status = self.proc.wait()
+            self.proc = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            _log(f"ray {self.role} stopped (ray start status {status})")
 
 
-def _stop_ray(proc: subprocess.Popen, role: str) -> None:
-    """SIGTERM to ``ray start --block`` alone drains and stops that node (see ray_node.sh)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            _log(f"ray {role} still up after 40 s; killing it")
-            proc.kill()
-            proc.wait()
-    _log(f"ray {role} stopped (ray start status {proc.returncode})")
-
-
-def _wait_for(what: str, ready, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT_S):
+def _wait_for(what: str, ready, node: RayNode | None = None, timeout: float = START_TIMEOUT_S):
     deadline = time.monotonic() + timeout
     while True:
         value = ready()
         if value:
             return value
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: `ray start` exited with status {proc.returncode}")
+        if node is not None and not node.alive():
+            raise RuntimeError(f"{what}: `ray start` of the {node.role} exited; see the log above")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(0.5)
@@ -216,14 +254,35 @@ class SweepJob(Checkpointable):
         self.token_path, self.rendezvous = token_path, rendezvous
         self.requeued = requeued
         self._checkpointed = False
+        self._node: RayNode | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_node": None, "_checkpointed": False}   # nothing of a live run
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
-        """Called by submitit on rank 0 at the time limit or on preemption: resubmit this job,
-        marked as requeued so that it resumes the sweep."""
+        """Called by submitit on rank 0 at the time limit or on preemption, before it requeues
+        the job: stop this node's Ray and resubmit the job marked as requeued, so that it
+        resumes the sweep from Tune's saved state."""
         self._checkpointed = True  # keep the token: the requeued job uses it
-        _log("time limit or preemption: requeueing; the sweep resumes from Tune's saved state")
+        _log("time limit or preemption: stopping Ray and requeueing; the sweep will resume")
+        if self._node is not None:
+            # In a thread: this signal handler may have interrupted a stop() holding its lock.
+            stopper = threading.Thread(target=self._node.stop, kwargs={"grace": 10}, daemon=True)
+            stopper.start()
+            stopper.join(15)
         return DelayedSubmission(SweepJob(self.sweep_yaml, self.train_yaml, self.token_path,
                                           self.rendezvous, requeued=True))
+
+    def _on_sigterm(self, previous):
+        def handler(signum, frame):
+            # Cancellation, requeue or preemption: SLURM kills the task soon; take Ray down
+            # first so that no Ray process outlives the job.
+            _log("SIGTERM: stopping Ray")
+            if self._node is not None:
+                threading.Thread(target=self._node.stop, kwargs={"grace": 5}, daemon=True).start()
+            if callable(previous):
+                previous(signum, frame)
+        return handler
 
     def __call__(self) -> dict | None:
         import submitit
@@ -231,6 +290,7 @@ class SweepJob(Checkpointable):
         from sweeps.ray_cluster import set_auth_mode
 
         env = submitit.JobEnvironment()
+        signal.signal(signal.SIGTERM, self._on_sigterm(signal.getsignal(signal.SIGTERM)))
         os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
         os.environ.pop("RAY_AUTH_TOKEN", None)    # a token in the environment would win
         os.environ.pop("RAY_ADDRESS", None)
@@ -257,46 +317,76 @@ class SweepJob(Checkpointable):
 
         sweep_cfg = OmegaConf.create(self.sweep_yaml)
         train_cfg = OmegaConf.create(self.train_yaml)
-        address = f"{ip}:{base}"
-        n_nodes = env.num_nodes
-        proc = _ray_start("head", 0, ip, base, tmp, head_address=None,
-                          dashboard=bool(sweep_cfg.ray.dashboard))
+        address, n_nodes = f"{ip}:{base}", env.num_nodes
+        stopping = threading.Event()
         try:
-            _wait_for("ray head", lambda: _port_open(ip, base), proc)
+            self._node = node = RayNode("head", 0, ip, base, tmp, dashboard=bool(sweep_cfg.ray.dashboard))
+            node.start()
+            _wait_for("ray head", lambda: _port_open(ip, base), node)
             # The head answers: let the workers join, and wait until every node is alive.
             ray.init(address=address, log_to_driver=False)
             (rdv / ".head.tmp").write_text(json.dumps({"address": address}))
             os.replace(rdv / ".head.tmp", rdv / "head")
-            _wait_for(f"ray: {n_nodes} node(s)", lambda: sum(n["Alive"] for n in ray.nodes()) >= n_nodes, proc)
+            _wait_for(f"ray: {n_nodes} node(s)", lambda: sum(n["Alive"] for n in ray.nodes()) >= n_nodes, node)
             ray.shutdown()
             _log(f"ray: all {n_nodes} node(s) joined; head at {address}")
             if sweep_cfg.ray.dashboard:
                 _log(f"Ray dashboard: http://127.0.0.1:{_dashboard_port(base)} on {socket.gethostname()}; "
                      f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {socket.gethostname()} "
                      f"and open http://127.0.0.1:8265 (token: cat {self.token_path})")
+            threading.Thread(target=self._watchdog, args=(node, stopping, rdv), daemon=True).start()
             sweep_cfg.ray.address = address
             if self.requeued and not sweep_cfg.resume:
                 # Resume only what Tune saved: a requeue before its first save starts afresh.
                 sweep_cfg.resume = can_resume(sweep_cfg)
                 _log(f"requeued job: {'resuming the sweep' if sweep_cfg.resume else 'no saved sweep yet, starting it'}")
+            usr_sig = _preemption_signal()
+            requeue_now = signal.getsignal(usr_sig)   # submitit's: checkpoint() + requeue
+            stop = _GracefulStop(requeue_now)
+            signal.signal(usr_sig, stop.handler)
             try:
                 return run_sweep(sweep_cfg, train_cfg)
             except KeyboardInterrupt as exc:   # Tune stopped with unfinished trials
-                raise RuntimeError(f"sweep {sweep_cfg.name!r} stopped with unfinished trials; "
-                                   f"continue it with resume=true") from exc
+                if stop.signum is None:
+                    raise RuntimeError(f"sweep {sweep_cfg.name!r} stopped with unfinished trials; "
+                                       f"continue it with resume=true") from exc
+                _log("Tune saved the sweep; requeueing")
+                ray.shutdown()
+                requeue_now(stop.signum, None)   # does not return (requeue: SystemExit)
+                raise
+            finally:
+                stop.cancel()
+                signal.signal(usr_sig, requeue_now)
         finally:
+            stopping.set()
             ray.shutdown()
             (rdv / "done").touch()
-            stopped = [rdv / f"stopped.{r}" for r in range(1, env.num_tasks)]
-            try:
-                _wait_for("ray workers stopping", lambda: all(p.exists() for p in stopped), timeout=60)
-            except TimeoutError as exc:
-                _log(f"{exc}; stopping the head anyway")
-            _stop_ray(proc, "head")
-            shutil.rmtree(tmp, ignore_errors=True)
+            if self._node is not None and self._node.alive():
+                # Workers first: a worker drains through the head.
+                stopped = [rdv / f"stopped.{r}" for r in range(1, env.num_tasks)]
+                try:
+                    _wait_for("ray workers stopping", lambda: all(p.exists() for p in stopped), timeout=60)
+                except TimeoutError as exc:
+                    _log(f"{exc}; stopping the head anyway")
+            if self._node is not None:
+                self._node.stop()
             if not self._checkpointed:
                 Path(self.token_path).unlink(missing_ok=True)
                 shutil.rmtree(rdv, ignore_errors=True)
+
+    def _watchdog(self, node: RayNode, stopping: threading.Event, rdv: Path) -> None:
+        """End this task if the Ray head dies under the driver: Tune would otherwise wait for it
+        until the time limit.  (No result is written; the launcher then shows this log.)"""
+        while node.alive():
+            if stopping.wait(1):
+                return
+        if stopping.is_set():
+            return
+        _log("ray head exited unexpectedly; ending the job")
+        (rdv / "done").touch()   # the workers stop too
+        node.stop(grace=0)
+        Path(self.token_path).unlink(missing_ok=True)
+        os._exit(1)
 
     # rank > 0 -----------------------------------------------------------------------------
     def _worker(self, env, rdv: Path, base: int, ip: str, tmp: Path) -> None:
@@ -306,22 +396,47 @@ class SweepJob(Checkpointable):
         if done.exists():
             raise RuntimeError("the Ray head (rank 0) stopped before the cluster was up; see its log")
         head_address = json.loads(head_file.read_text())["address"]
-        proc = _ray_start("worker", env.node, ip, base, tmp, head_address=head_address, dashboard=False)
         try:
+            self._node = node = RayNode("worker", env.node, ip, base, tmp, head_address=head_address)
+            node.start()
             # Until the head is done (or gone: rank 0 removes the folder at the very end).
-            while proc.poll() is None and not done.exists() and head_file.exists():
+            while node.alive() and not done.exists() and head_file.exists():
                 time.sleep(0.5)
-            crashed = proc.poll() is not None and not done.exists()
-            _stop_ray(proc, "worker")
-            if crashed:
-                raise RuntimeError(f"ray worker on node {env.node} exited with status {proc.returncode} "
-                                   f"before the sweep ended")
+            if not node.alive() and not done.exists():
+                # Not an error of this task: Tune retries the trials that ran here, and on a
+                # requeue or cancellation SLURM stops every node anyway.
+                _log("ray worker exited before the head was done")
         finally:
-            if proc.poll() is None:
-                _stop_ray(proc, "worker")
-            shutil.rmtree(tmp, ignore_errors=True)
+            if self._node is not None:
+                self._node.stop()
             if rdv.exists():
                 (rdv / f"stopped.{env.global_rank}").touch()
+
+
+class _GracefulStop:
+    """The preemption signal (time limit, preemption) while Tune runs: stop Tune first, so that
+    it saves the experiment state, then let submitit checkpoint and requeue (as sweep.sh does
+    with SIGINT to its driver).  Tune gets ``RAY_STOP_GRACE`` seconds (default 45) before a
+    second SIGINT stops it at once; outside Tune's loop submitit requeues right away."""
+
+    def __init__(self, requeue_now) -> None:
+        self.requeue_now, self.signum, self._timer = requeue_now, None, None
+
+    def handler(self, signum, frame) -> None:
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if self.signum is not None or getattr(tune_handler, "__name__", "") != "signal_interrupt_tune_run":
+            return self.requeue_now(signum, frame)
+        self.signum = signum
+        _log("time limit or preemption: asking Tune to save the sweep and stop")
+        tune_handler(signal.SIGINT, frame)   # what Ctrl-C does: Tune ends its loop and saves
+        self._timer = threading.Timer(float(os.environ.get("RAY_STOP_GRACE", 45)),
+                                      os.kill, (os.getpid(), signal.SIGINT))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -344,9 +459,14 @@ def _absolute(sweep_cfg: DictConfig, train_cfg: DictConfig) -> tuple[DictConfig,
     return sweep_cfg, train_cfg
 
 
+def _on_slurm() -> bool:
+    """Submit to SLURM when ``sbatch`` is on PATH; otherwise run the job on this machine."""
+    return shutil.which("sbatch") is not None
+
+
 def _partition_cpus(partition: str | None) -> int:
     """CPUs of the smallest node of ``partition`` (sinfo), or of this machine without SLURM."""
-    if not shutil.which("sinfo"):
+    if not _on_slurm():
         return len(os.sched_getaffinity(0))
     cmd = ["sinfo", "-h", "-o", "%c"] + (["-p", partition] if partition else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -403,7 +523,7 @@ def submit(sweep_cfg: DictConfig, train_cfg: DictConfig):
 
     sweep_cfg, train_cfg = _absolute(sweep_cfg, train_cfg)
     sub = sweep_cfg.submitit
-    on_slurm = shutil.which("sbatch") is not None
+    on_slurm = _on_slurm()
     cpus = int(sub.cpus_per_node) if sub.cpus_per_node is not None else _partition_cpus(sub.partition)
     _validate(sweep_cfg, train_cfg, cpus)
     folder = Path(sub.folder).resolve()
@@ -470,7 +590,7 @@ def _wait(job, on_slurm: bool, base: int) -> None:
                       f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {head[0]}", flush=True)
             if state in TERMINAL or not state:
                 gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 30:   # result files may lag on shared filesystems
+                if time.monotonic() - gone_since > 15:   # result files may lag on shared filesystems
                     return
         time.sleep(1)
 
@@ -491,7 +611,7 @@ def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
     from sweeps.cli import load_sweep_configs
 
     _, train_cfg = load_sweep_configs(argv)
-    on_slurm = shutil.which("sbatch") is not None
+    on_slurm = _on_slurm()
     if not on_slurm:
         print("invattn sweep: no SLURM here (no `sbatch` on PATH): running the job on this machine "
               "with submitit's local executor", flush=True)
@@ -547,7 +667,7 @@ def _main(argv: list[str]) -> int:
     from sweeps.cli import load_sweep_configs
 
     if not argv or argv[0] != "--can-resume":
-        print(_main.__doc__, file=sys.stderr)
+        print("usage: python -m sweeps.submitit_launcher --can-resume [key=value ...]", file=sys.stderr)
         return 2
     sweep_cfg, _ = load_sweep_configs(argv[1:])
     return 0 if can_resume(sweep_cfg) else 1

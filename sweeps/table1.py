@@ -38,7 +38,7 @@ def _sweep(argv: list[str]):
     if tune.Tuner.can_restore(str(exp)):
         sweep_cfg.resume = True  # finished trials are kept; unfinished ones continue
     run_sweep(sweep_cfg, train_cfg)
-    return Path(sweep_cfg.results_dir) / sweep_cfg.name
+    return Path(sweep_cfg.results_dir).resolve() / sweep_cfg.name
 
 
 def collect_runs(sweep_dir: Path) -> list[dict]:
@@ -48,7 +48,8 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     from pipeline.training.metrics_log import MetricsLog
 
     runs = []
-    for trial in ExperimentAnalysis(str(Path(sweep_dir) / "ray" / Path(sweep_dir).name)).trials:
+    sweep_dir = Path(sweep_dir).resolve()
+    for trial in ExperimentAnalysis(str(sweep_dir / "ray" / sweep_dir.name)).trials:
         params = dict(trial.config or {})
         lr = params.get("lr", (params.get("lr_by_group") or {}).get(params.get("group")))
         records = MetricsLog.read(Path(trial.path) / "run" / "metrics.jsonl")
