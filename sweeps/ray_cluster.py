@@ -74,7 +74,9 @@ def connect(ray_cfg: DictConfig, *, quiet: bool = False):
             init["num_gpus"] = int(ray_cfg.num_gpus)
         if ray_cfg.temp_dir:
             init["_temp_dir"] = str(ray_cfg.temp_dir)
-        ctx = ray.init(**init, **kwargs)
+        # "local": always a new instance; plain ray.init() would instead join whatever cluster
+        # /tmp/ray/ray_current_cluster names (e.g. one left by `ray start` on this machine).
+        ctx = ray.init(address="local", **init, **kwargs)
     if not quiet:
         url = ctx.dashboard_url
         if url:

@@ -99,7 +99,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     OmegaConf.set_struct(train_cfg, True)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, train_yaml=OmegaConf.to_yaml(train_cfg),
-                             num_threads=max(1, int(cpus)),
+                             num_threads=max(1, int(cpus)), experiment_dir=str(exp_path),
                              crash_once_at_epoch=sweep_cfg.fault_injection.crash_once_at_epoch),
         {"cpu": cpus, "gpu": gpus})
 

@@ -21,17 +21,20 @@ and 8, "Distributed"):
   (``/tmp/r<job>.<node>``: Ray's Unix socket paths must fit in 107 bytes);
 - node addresses from SLURM's ``NodeAddr``, preferring a non-loopback IPv4 address (Debian
   maps the host name to 127.0.1.1, which no other host can reach);
-- ``ray start --block`` stays a child of the task, so SLURM's process tracking sees (and on
-  cancellation kills) every Ray process; Ray ignores submitit's preemption signal (USR2),
-  which only the driver handles;
+- ``ray start --block`` stays a child of the task (SLURM's process tracking sees it), in a
+  process group of its own that the task kills when it stops Ray, so no Ray daemon outlives
+  the task; Ray ignores submitit's preemption signal (USR2), which only the driver handles,
+  and a worker task stops its Ray node on SIGTERM (cancellation);
 - rendezvous through files in the shared job folder: rank 0 writes ``head`` once the head
   answers, workers join then; at the end rank 0 writes ``done``, workers stop and write
   ``stopped.<rank>``, then the head stops (a worker drains through the head).
 
-Time limit or preemption: submitit sends USR2 ``signal_delay_s`` before the limit; rank 0 then
-calls :meth:`SweepJob.checkpoint`, which resubmits the same job marked as requeued, and
-submitit requeues it.  The requeued job resumes the sweep (``resume=true``) when Tune had
-saved its state, and starts it afresh otherwise.
+Time limit or preemption: SLURM sends USR2 ``signal_delay_s`` before the limit.  Rank 0 first
+stops Tune as Ctrl-C would (Tune saves the experiment state; ``RAY_STOP_GRACE`` seconds at
+most), then submitit calls :meth:`SweepJob.checkpoint` (stop Ray, resubmit the same job marked
+as requeued) and requeues the job.  The requeued job (also one requeued by SLURM itself,
+``SLURM_RESTART_COUNT > 0``) resumes the sweep (``resume=true``) when Tune had saved its state,
+and starts it afresh otherwise.
 
 Without accounting (``sacct`` fails) submitit reports the state UNKNOWN; the launcher waits on
 the result files and on ``squeue`` instead, so results still come back.
@@ -58,8 +61,9 @@ __all__ = ["launch", "submit", "SweepJob", "experiment_path", "can_resume", "por
 
 # Seconds a node may take to start and join (same knob as slurm/lib/ray_cluster.sh).
 START_TIMEOUT_S = float(os.environ.get("RAY_START_TIMEOUT", 180))
+# Job states after which no result will come (PREEMPTED is not: a requeued job goes on).
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-            "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+            "BOOT_FAIL", "DEADLINE"}
 
 
 # ---- shared with slurm/sweep.sh --------------------------------------------------------------
@@ -142,6 +146,14 @@ def _node_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _exited(pid: int) -> bool:
+    """Has child ``pid`` exited?  Leaves it unreaped (its pid, and process group id, stay taken)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:   # already reaped elsewhere
+        return True
+
+
 class RayNode:
     """This task's Ray node: ``ray start --block`` (ports as in ray_node.sh), a child of the
     task in a process group of its own, so that :meth:`stop` also removes Ray daemons whose
@@ -193,7 +205,10 @@ class RayNode:
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        # Not poll(): it would reap `ray start` and free its pid for reuse before stop().
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        return not _exited(self.proc.pid)
 
     def stop(self, grace: float = 40) -> None:
         """SIGTERM to ``ray start --block`` alone drains and stops the node (see ray_node.sh);
@@ -201,19 +216,28 @@ class RayNode:
         with self._lock:
             if self.proc is None:
                 return
-            if self.proc.poll() is None:
+            pid = self.proc.pid
+            if self.proc.returncode is None:
                 self.proc.terminate()
+                deadline = time.monotonic() + grace
+                # Wait without reaping: while `ray start` is an unreaped zombie its pid cannot
+                # be reused, so the process group below is still Ray's.
+                while not _exited(pid):
+                    if time.monotonic() > deadline:
+                        _log(f"ray {self.role} still up after {grace:.0f} s; killing it")
+                        break
+                    time.sleep(0.2)
                 try:
-                    self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    _log(f"ray {self.role} still up after {grace:.0f} s; killing it")
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             status = self.proc.wait()
             self.proc = None
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            for _ in range(5):   # a process that was still exiting may add a file meanwhile
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                if not self.tmp.exists():
+                    break
+                time.sleep(0.5)
             _log(f"ray {self.role} stopped (ray start status {status})")
 
 
@@ -255,15 +279,22 @@ class SweepJob(Checkpointable):
         self.requeued = requeued
         self._checkpointed = False
         self._node: RayNode | None = None
+        self._stopping = threading.Event()   # Ray is being stopped on purpose (see _watchdog)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_node": None, "_checkpointed": False}   # nothing of a live run
+        # Nothing of a live run (Ray process, signal handlers) travels with the job.
+        return {k: v for k, v in self.__dict__.items() if k in
+                ("sweep_yaml", "train_yaml", "token_path", "rendezvous", "requeued")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         """Called by submitit on rank 0 at the time limit or on preemption, before it requeues
         the job: stop this node's Ray and resubmit the job marked as requeued, so that it
         resumes the sweep from Tune's saved state."""
         self._checkpointed = True  # keep the token: the requeued job uses it
+        self._stopping.set()
         _log("time limit or preemption: stopping Ray and requeueing; the sweep will resume")
         if self._node is not None:
             # In a thread: this signal handler may have interrupted a stop() holding its lock.
@@ -273,16 +304,24 @@ class SweepJob(Checkpointable):
         return DelayedSubmission(SweepJob(self.sweep_yaml, self.train_yaml, self.token_path,
                                           self.rendezvous, requeued=True))
 
-    def _on_sigterm(self, previous):
-        def handler(signum, frame):
-            # Cancellation, requeue or preemption: SLURM kills the task soon; take Ray down
-            # first so that no Ray process outlives the job.
-            _log("SIGTERM: stopping Ray")
-            if self._node is not None:
-                threading.Thread(target=self._node.stop, kwargs={"grace": 5}, daemon=True).start()
-            if callable(previous):
-                previous(signum, frame)
-        return handler
+    def _install_sigterm_handler(self) -> None:
+        """SIGTERM (cancellation, or preemption by SLURM): SLURM kills the task soon; take this
+        node's Ray down first so that no Ray process outlives the job.  Installed again after
+        ``ray.init``, whose C++ core worker would otherwise abort the driver on SIGTERM."""
+        if self._sigterm_handler is None:
+            submitit_handler = signal.getsignal(signal.SIGTERM)   # it only logs the signal
+
+            def handler(signum, frame):
+                self._terminated = True
+                self._stopping.set()
+                _log("SIGTERM: stopping Ray")
+                if self._node is not None:
+                    threading.Thread(target=self._node.stop, kwargs={"grace": 5}, daemon=True).start()
+                if callable(submitit_handler):
+                    submitit_handler(signum, frame)
+
+            self._sigterm_handler = handler
+        signal.signal(signal.SIGTERM, self._sigterm_handler)   # (re)sets the OS-level handler
 
     def __call__(self) -> dict | None:
         import submitit
@@ -290,14 +329,16 @@ class SweepJob(Checkpointable):
         from sweeps.ray_cluster import set_auth_mode
 
         env = submitit.JobEnvironment()
-        signal.signal(signal.SIGTERM, self._on_sigterm(signal.getsignal(signal.SIGTERM)))
+        self._terminated, self._sigterm_handler = False, None
+        self._install_sigterm_handler()
         os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
         os.environ.pop("RAY_AUTH_TOKEN", None)    # a token in the environment would win
         os.environ.pop("RAY_ADDRESS", None)
         os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
         set_auth_mode("token")
         # Files of this run; a requeued run (same job id) gets a fresh set.
-        rdv = Path(self.rendezvous) / f"{env.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+        rdv = Path(self.rendezvous) / f"{env.job_id}.{restarts}"
         rdv.mkdir(parents=True, exist_ok=True)
         base = port_base(env.raw_job_id)
         node_name = os.environ.get("SLURMD_NODENAME") or env.hostnames[env.node]
@@ -305,12 +346,13 @@ class SweepJob(Checkpointable):
         tmp = Path(os.environ.get("RAY_TMP_ROOT", "/tmp")) / f"r{env.raw_job_id}.{env.node}"
         _log(f"{env}: Ray {'head' if env.global_rank == 0 else 'worker'} on {node_name}")
         if env.global_rank == 0:
-            return self._head(env, rdv, base, ip, tmp)
+            # Requeued by checkpoint() (time limit), or by SLURM itself (preemption).
+            return self._head(env, rdv, base, ip, tmp, requeued=self.requeued or restarts > 0)
         self._worker(env, rdv, base, ip, tmp)
         return None
 
     # rank 0 -------------------------------------------------------------------------------
-    def _head(self, env, rdv: Path, base: int, ip: str, tmp: Path) -> dict:
+    def _head(self, env, rdv: Path, base: int, ip: str, tmp: Path, requeued: bool) -> dict:
         import ray
 
         from sweeps.runner import run_sweep
@@ -318,25 +360,26 @@ class SweepJob(Checkpointable):
         sweep_cfg = OmegaConf.create(self.sweep_yaml)
         train_cfg = OmegaConf.create(self.train_yaml)
         address, n_nodes = f"{ip}:{base}", env.num_nodes
-        stopping = threading.Event()
+        ended_normally = False
         try:
             self._node = node = RayNode("head", 0, ip, base, tmp, dashboard=bool(sweep_cfg.ray.dashboard))
             node.start()
             _wait_for("ray head", lambda: _port_open(ip, base), node)
             # The head answers: let the workers join, and wait until every node is alive.
-            ray.init(address=address, log_to_driver=False)
+            # (run_sweep's own ray.init then reuses this connection.)
+            ray.init(address=address, log_to_driver=bool(sweep_cfg.ray.log_to_driver))
+            self._install_sigterm_handler()
             (rdv / ".head.tmp").write_text(json.dumps({"address": address}))
             os.replace(rdv / ".head.tmp", rdv / "head")
             _wait_for(f"ray: {n_nodes} node(s)", lambda: sum(n["Alive"] for n in ray.nodes()) >= n_nodes, node)
-            ray.shutdown()
             _log(f"ray: all {n_nodes} node(s) joined; head at {address}")
             if sweep_cfg.ray.dashboard:
                 _log(f"Ray dashboard: http://127.0.0.1:{_dashboard_port(base)} on {socket.gethostname()}; "
                      f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {socket.gethostname()} "
                      f"and open http://127.0.0.1:8265 (token: cat {self.token_path})")
-            threading.Thread(target=self._watchdog, args=(node, stopping, rdv), daemon=True).start()
+            threading.Thread(target=self._watchdog, args=(node, rdv), daemon=True).start()
             sweep_cfg.ray.address = address
-            if self.requeued and not sweep_cfg.resume:
+            if requeued and not sweep_cfg.resume:
                 # Resume only what Tune saved: a requeue before its first save starts afresh.
                 sweep_cfg.resume = can_resume(sweep_cfg)
                 _log(f"requeued job: {'resuming the sweep' if sweep_cfg.resume else 'no saved sweep yet, starting it'}")
@@ -345,23 +388,37 @@ class SweepJob(Checkpointable):
             stop = _GracefulStop(requeue_now)
             signal.signal(usr_sig, stop.handler)
             try:
-                return run_sweep(sweep_cfg, train_cfg)
+                best = run_sweep(sweep_cfg, train_cfg)
             except KeyboardInterrupt as exc:   # Tune stopped with unfinished trials
                 if stop.signum is None:
+                    ended_normally = not self._terminated
                     raise RuntimeError(f"sweep {sweep_cfg.name!r} stopped with unfinished trials; "
                                        f"continue it with resume=true") from exc
                 _log("Tune saved the sweep; requeueing")
+                self._stopping.set()
                 ray.shutdown()
                 requeue_now(stop.signum, None)   # does not return (requeue: SystemExit)
+                raise
+            except SystemExit as exc:
+                if exc.code == signal.SIGTERM:
+                    # run_sweep's ray.init put Ray's driver handler back: SIGTERM -> sys.exit(15).
+                    self._terminated = True
+                    self._stopping.set()
+                    _log("SIGTERM: stopping Ray")
+                raise
+            except Exception:
+                ended_normally = not self._terminated
                 raise
             finally:
                 stop.cancel()
                 signal.signal(usr_sig, requeue_now)
+            ended_normally = True
+            return best
         finally:
-            stopping.set()
+            self._stopping.set()
             ray.shutdown()
             (rdv / "done").touch()
-            if self._node is not None and self._node.alive():
+            if self._node is not None and self._node.alive() and not self._terminated:
                 # Workers first: a worker drains through the head.
                 stopped = [rdv / f"stopped.{r}" for r in range(1, env.num_tasks)]
                 try:
@@ -369,23 +426,24 @@ class SweepJob(Checkpointable):
                 except TimeoutError as exc:
                     _log(f"{exc}; stopping the head anyway")
             if self._node is not None:
-                self._node.stop()
-            if not self._checkpointed:
+                # SIGTERM: SLURM kills the task after KillWait; be done before.
+                self._node.stop(grace=5 if self._terminated else 40)
+            if ended_normally and not self._checkpointed:
+                # The sweep is over (done or failed); a requeued or preempted job keeps both.
                 Path(self.token_path).unlink(missing_ok=True)
                 shutil.rmtree(rdv, ignore_errors=True)
 
-    def _watchdog(self, node: RayNode, stopping: threading.Event, rdv: Path) -> None:
+    def _watchdog(self, node: RayNode, rdv: Path) -> None:
         """End this task if the Ray head dies under the driver: Tune would otherwise wait for it
         until the time limit.  (No result is written; the launcher then shows this log.)"""
         while node.alive():
-            if stopping.wait(1):
+            if self._stopping.wait(1):
                 return
-        if stopping.is_set():
+        if self._stopping.is_set():
             return
         _log("ray head exited unexpectedly; ending the job")
         (rdv / "done").touch()   # the workers stop too
         node.stop(grace=0)
-        Path(self.token_path).unlink(missing_ok=True)
         os._exit(1)
 
     # rank > 0 -----------------------------------------------------------------------------
@@ -402,9 +460,8 @@ class SweepJob(Checkpointable):
             # Until the head is done (or gone: rank 0 removes the folder at the very end).
             while node.alive() and not done.exists() and head_file.exists():
                 time.sleep(0.5)
-            if not node.alive() and not done.exists():
-                # Not an error of this task: Tune retries the trials that ran here, and on a
-                # requeue or cancellation SLURM stops every node anyway.
+            if not node.alive() and not done.exists() and not self._terminated:
+                # Not an error of this task: Tune retries the trials that ran here.
                 _log("ray worker exited before the head was done")
         finally:
             if self._node is not None:
@@ -644,6 +701,7 @@ def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
             state = _squeue(job.job_id)[0] if on_slurm else "ended"
             print(f"invattn sweep: job {job.job_id} ended ({state or 'gone from squeue'}) without a "
                   f"result; the end of its log {task0.stderr}:\n{_tail(task0.stderr)}", file=sys.stderr)
+            token.unlink(missing_ok=True)   # the job is over; a cancelled job does not clean up
             return 1
         best = job.task(0).result()
     except KeyboardInterrupt:

@@ -20,7 +20,8 @@ from sweeps.space import apply_trial_params
 __all__ = ["run_trial"]
 
 
-def run_trial(params: dict, *, train_yaml: str, num_threads: int, crash_once_at_epoch=None) -> None:
+def run_trial(params: dict, *, train_yaml: str, num_threads: int, experiment_dir: str,
+              crash_once_at_epoch=None) -> None:
     """Tune entry point.
 
     Parameters
@@ -31,12 +32,16 @@ def run_trial(params: dict, *, train_yaml: str, num_threads: int, crash_once_at_
         The resolved training config as YAML (absolute data paths).
     num_threads : int
         torch CPU threads for this trial (its CPU reservation).
+    experiment_dir : str
+        The experiment's folder in Tune's storage (shared by every node). The trial's run
+        directory (metrics.jsonl, TensorBoard, checkpoints) is ``<experiment_dir>/<trial>/run``:
+        Tune's own trial directory is node-local when the trial runs on another node.
     crash_once_at_epoch : int, optional
         Fault injection for testing the retry path: the first attempt of the trial kills its
         own worker process right after this epoch's checkpoint (a dead worker, as on a node loss).
     """
     cfg = apply_trial_params(OmegaConf.create(train_yaml), params)
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    run_dir = Path(experiment_dir) / Path(tune.get_context().get_trial_dir()).name / "run"
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = str(run_dir)
     cfg.resume = True

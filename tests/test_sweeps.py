@@ -34,7 +34,7 @@ def ray_local(tmp_path_factory):
     set_auth_mode("token")
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                    dashboard_port=18265, log_to_driver=False)
     yield ctx, token_file.read_text().strip()
     ray.shutdown()

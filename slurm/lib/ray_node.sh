@@ -64,7 +64,11 @@ rc=0
 wait "$ray_pid" || rc=$?
 if kill -0 "$ray_pid" 2>/dev/null; then wait "$ray_pid" || rc=$?; fi
 invattn_log "ray $role on $node stopped (ray start status $rc)"
-[[ "${RAY_KEEP_TMP:-0}" == 1 ]] || rm -rf "$tmp"
+# A Ray process that was still exiting may add a file while rm runs ("Directory not empty"):
+# retry, and never fail the step over it.
+if [[ "${RAY_KEEP_TMP:-0}" != 1 ]]; then
+    for _ in 1 2 3 4 5; do rm -rf "$tmp" 2>/dev/null && break; sleep 0.5; done
+fi
 # A stop that we asked for is a success (`ray start --block` exits 1 on SIGTERM).
 [[ -e "$stop_file" ]] && exit 0
 exit "$rc"
