@@ -18,6 +18,19 @@ from models.nonlinearity import NormNonlinearity
 __all__ = ["EquivariantTransformer", "validate_sampling"]
 
 
+def validate_sizes(**sizes: int) -> None:
+    """Every layer size must be a positive int (a zero-width layer has nothing to learn).
+
+    Raises
+    ------
+    ValueError
+        Naming the first offending argument.
+    """
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def validate_sampling(subdeterminants: int | str, cross_products: int | str,
                       hidden_vectors: int) -> None:
     """Check model-wide sampling options against the largest map (``T + 1`` key/value vectors).

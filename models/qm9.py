@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.backbone import EquivariantTransformer, sampling_for, validate_sampling
+from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
 from models.inputs import check_shape, prepare_mask
@@ -85,6 +85,9 @@ class QM9Model(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
+        validate_sizes(n_layers=n_layers, vectors=vectors, scalars=scalars, heads=heads,
+                       query_vectors=query_vectors, query_scalars=query_scalars,
+                       mlp_hidden=mlp_hidden, readout=readout)
         validate_sampling(subdeterminants, cross_products, vectors)
         generator = torch.Generator().manual_seed(int(sampling_seed))
         hidden = FeatureShape(vectors, scalars)

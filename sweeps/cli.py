@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.config import describe_keys, load_config
+from pipeline.config import ConfigError, describe_keys, load_config
 
 __all__ = ["sweep_command", "load_sweep_configs"]
 
@@ -32,16 +32,66 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     sweep_args = [a for a in argv if "=" not in a or top(a) in sweep_keys]
     train_args = [a for a in argv if "=" in a and top(a) not in sweep_keys]
     sweep_cfg = load_config("sweep", sweep_args)
+    if sweep_cfg.resume:
+        saved = _saved_configs(sweep_cfg, sweep_args, train_args)
+        if saved is not None:
+            return saved
     if sweep_cfg.train_preset and not any(a.startswith("preset=") for a in train_args):
         train_args.insert(0, f"preset={sweep_cfg.train_preset}")
     train_args.insert(0, f"task={sweep_cfg.task}")
-    train_cfg = load_config(f"train_{sweep_cfg.task}", train_args)
+    try:
+        train_cfg = load_config(f"train_{sweep_cfg.task}", train_args)
+    except ConfigError as exc:  # a misspelled sweep key lands here: suggest sweep keys too
+        import difflib
+
+        from pipeline.config import flat_keys
+
+        bad = str(exc).split("'")[1] if "'" in str(exc) else ""
+        close = difflib.get_close_matches(bad, list(flat_keys(sweep_cfg)), n=3, cutoff=0.6)
+        if close:
+            raise ConfigError(f"{exc} (sweep keys: did you mean {', '.join(close)}?)") from exc
+        raise
     metric, columns = TASK_METRICS.get(str(sweep_cfg.task), (None, None))
     if sweep_cfg.metric is None:
         sweep_cfg.metric = metric
     if sweep_cfg.report_metrics is None:
         sweep_cfg.report_metrics = columns or [sweep_cfg.metric]
     return sweep_cfg, train_cfg
+
+
+# What may differ when resuming: where and how the sweep runs, not what it computes.
+RESUME_KEYS = ("resume", "name", "results_dir", "storage_path", "launcher", "ray", "submitit",
+               "verbose", "preset", "task", "train_preset")
+
+
+def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: list[str]):
+    """The configs saved by the sweep being resumed, with this run's placement settings.
+
+    Raises
+    ------
+    ValueError
+        An override would change what the sweep computes (it names the keys).
+    """
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    folder = Path(sweep_cfg.results_dir) / str(sweep_cfg.name)
+    if not (folder / "sweep.yaml").is_file() or not (folder / "train.yaml").is_file():
+        return None
+    changed = [a.split("=", 1)[0] for a in sweep_args
+               if "=" in a and a.split("=", 1)[0].split(".", 1)[0] not in RESUME_KEYS]
+    changed += [a.split("=", 1)[0] for a in train_args]
+    if changed:
+        raise ValueError(f"resume=true continues sweep {sweep_cfg.name!r} with its saved settings "
+                         f"({folder}/sweep.yaml, train.yaml); it cannot change {', '.join(changed)}")
+    saved = OmegaConf.load(folder / "sweep.yaml")
+    for key in ("resume", "launcher", "ray", "submitit", "verbose", "storage_path"):
+        saved[key] = sweep_cfg[key]
+    train_cfg = OmegaConf.load(folder / "train.yaml")
+    OmegaConf.set_struct(saved, True)
+    OmegaConf.set_struct(train_cfg, True)
+    return saved, train_cfg
 
 
 def sweep_command(argv: list[str]) -> int:

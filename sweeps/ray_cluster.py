@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-__all__ = ["connect", "token_path", "set_auth_mode"]
+__all__ = ["connect", "token_path", "set_auth_mode", "free_port"]
 
 
 def token_path() -> Path:
@@ -37,6 +37,22 @@ def set_auth_mode(mode: str) -> None:
         from ray._raylet import Config
 
         Config.initialize("")
+
+
+def free_port(port: int) -> int:
+    """``port`` if it is free on 127.0.0.1, else a free one (another Ray may hold 8265)."""
+    import socket
+
+    for candidate in (port, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            if candidate != port:
+                print(f"dashboard port {port} is taken; using {sock.getsockname()[1]}", flush=True)
+            return sock.getsockname()[1]
+    return port
 
 
 def connect(ray_cfg: DictConfig, *, quiet: bool = False):
@@ -67,7 +83,7 @@ def connect(ray_cfg: DictConfig, *, quiet: bool = False):
             raise ConnectionError(f"no Ray cluster answers at ray.address={ray_cfg.address}: {exc}") from exc
     else:
         init = dict(include_dashboard=bool(ray_cfg.dashboard), dashboard_host="127.0.0.1",
-                    dashboard_port=int(ray_cfg.dashboard_port))
+                    dashboard_port=free_port(int(ray_cfg.dashboard_port)))
         if ray_cfg.num_cpus:
             init["num_cpus"] = int(ray_cfg.num_cpus)
         if ray_cfg.num_gpus is not None:

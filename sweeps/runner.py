@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -62,6 +63,33 @@ def results_table(experiment_path: Path, metric_columns: list[str]):
     return pd.DataFrame(rows)
 
 
+def _last_line(error) -> str:
+    """The cause of a trial's failure: the last line of its traceback, without colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
+def save_configs(out_dir: Path, sweep_cfg: DictConfig, train_cfg: DictConfig) -> None:
+    """Keep the sweep's settings so that ``resume=true`` needs no other override."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, cfg in (("sweep.yaml", sweep_cfg), ("train.yaml", train_cfg)):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(OmegaConf.to_yaml(cfg))
+        os.replace(tmp, out_dir / name)
+
+
+def check_data(train_cfg: DictConfig) -> None:
+    """Fail before starting Ray when the training data is missing (trials would fail anyway)."""
+    root = Path(train_cfg.data.dir)
+    needed = ([root / train_cfg.data.train_file, root / train_cfg.data.test_file]
+              if train_cfg.task == "nbody" else [root / "manifest.json"])
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        how = ("invattn simulate preset=paper out=" if train_cfg.task == "nbody"
+               else "invattn preprocess-qm9 source=... out=")
+        raise FileNotFoundError(f"training data missing: {', '.join(missing)} (make it with `{how}{root}`)")
+
+
 def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     """Run the sweep described by ``sweep_cfg`` over ``train_cfg``; return the best trial.
 
@@ -86,6 +114,11 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     train_cfg = _absolute_paths(train_cfg)
     epochs = int(train_cfg.train.epochs)
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(sweep_cfg.name)) or ".." in str(sweep_cfg.name):
+        raise ValueError(f"name={sweep_cfg.name!r} must be a plain name (letters, digits, _ . -)")
+    check_data(train_cfg)
+    space = None if sweep_cfg.resume else param_space(sweep_cfg.search)  # validates the grid
+    scheduler = _scheduler(sweep_cfg, epochs)
     cpus, gpus = float(sweep_cfg.resources.cpus_per_trial), float(sweep_cfg.resources.gpus_per_trial)
     if cpus <= 0 or gpus < 0:
         raise ValueError(f"resources.cpus_per_trial must be > 0 and gpus_per_trial >= 0 (got {cpus}, {gpus})")
@@ -112,21 +145,23 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
                                   f"pass resume=true to continue it or choose another name=")
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(sweep_cfg.search),
+            param_space=space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=int(sweep_cfg.num_samples),
-                scheduler=_scheduler(sweep_cfg, epochs),
+                scheduler=scheduler,
                 max_concurrent_trials=int(sweep_cfg.max_concurrent_trials) or None),
             run_config=tune.RunConfig(
                 name=str(sweep_cfg.name), storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=int(sweep_cfg.max_failures)),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=int(sweep_cfg.verbose)))
+    if not bool(sweep_cfg.resume):
+        save_configs(out_dir, sweep_cfg, train_cfg)
     grid = tuner.fit()
 
     metric_columns = list(sweep_cfg.report_metrics)
     table = results_table(exp_path, metric_columns)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table.dropna(axis=1, how="all")  # e.g. no group column when groups are not swept
     table.to_csv(out_dir / "trials.csv", index=False)
     unfinished = int((table.status == "UNFINISHED").sum())
     if unfinished:
@@ -137,7 +172,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     ok = [r for r in grid if not r.error and r.metrics and metric in r.metrics
           and isinstance(r.metrics[metric], (int, float)) and math.isfinite(r.metrics[metric])]
     if not ok:
-        errors = "; ".join(str(r.error)[:200] for r in grid if r.error)
+        errors = "; ".join(sorted({_last_line(r.error) for r in grid if r.error}))
         raise ValueError(f"every trial of sweep {sweep_cfg.name!r} failed: {errors}")
     best = (min if mode == "min" else max)(ok, key=lambda r: r.metrics[metric])
     best_record = {

@@ -8,7 +8,7 @@ group's learning rate instead of the ``lr`` grid (the final runs of a reproducti
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray import tune
 
 __all__ = ["param_space", "apply_trial_params"]
@@ -31,6 +31,10 @@ def param_space(search: DictConfig) -> dict:
     ValueError
         Empty lists, non-positive learning rates or a malformed ``lr_loguniform``.
     """
+    for key in ("lr", "subdeterminants", "seeds", "groups"):
+        value = search.get(key)
+        if value is not None and not isinstance(value, ListConfig):
+            raise ValueError(f"search.{key} must be a list, e.g. search.{key}=[{value}]")
     space: dict = {}
     groups = [str(g) for g in (search.get("groups") or [])]
     if groups:

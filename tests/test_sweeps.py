@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from sweeps.cli import load_sweep_configs
-from sweeps.ray_cluster import set_auth_mode
+from sweeps.ray_cluster import free_port, set_auth_mode
 from sweeps.runner import run_sweep
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def ray_local(tmp_path_factory):
     import ray
 
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                   dashboard_port=18265, log_to_driver=False)
+                   dashboard_port=free_port(18265), log_to_driver=False)
     yield ctx, token_file.read_text().strip()
     ray.shutdown()
     for k, v in saved.items():
@@ -110,12 +110,26 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(nbody_tiny, t
     assert "resume=true" in out
     assert "UNFINISHED" in set(pd.read_csv(table_path).status)
 
-    rc = subprocess.run(args + ["resume=true"], capture_output=True, text=True, timeout=400)
+    # Resuming needs only the sweep's name: its settings were saved with it.
+    resume = args[:5] + ["name=cut", f"results_dir={tmp_path}", "resume=true"]
+    rc = subprocess.run(resume, capture_output=True, text=True, timeout=400)
     assert rc.returncode == 0, rc.stdout[-3000:] + rc.stderr[-3000:]
     table = pd.read_csv(table_path)
     assert len(table) == 3 and set(table.status) == {"OK"} and set(table.epoch) == {2}
     for p, (text, blob) in stamp.items():
         assert p.read_text() == text and ckpt(p) == blob, f"{p} was retrained after resume"
+
+
+def test_resume_refuses_changed_settings(nbody_tiny, tmp_path):
+    from sweeps.runner import save_configs
+
+    sweep_cfg, train_cfg = configs(nbody_tiny, tmp_path, "name=saved")
+    save_configs(tmp_path / "saved", sweep_cfg, train_cfg)
+    with pytest.raises(ValueError, match="cannot change search.lr, train.epochs"):
+        load_sweep_configs([f"results_dir={tmp_path}", "name=saved", "resume=true",
+                            "search.lr=[1e-2]", "train.epochs=9"])
+    again, train_again = load_sweep_configs([f"results_dir={tmp_path}", "name=saved", "resume=true"])
+    assert train_again.data.dir == str(nbody_tiny) and again.resume
 
 
 def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
@@ -126,3 +140,8 @@ def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
     sweep_cfg, train_cfg = configs(nbody_tiny, tmp_path, "resume=true", "name=nothing")
     with pytest.raises(ValueError, match="no sweep to resume"):
         run_sweep(sweep_cfg, train_cfg)
+    with pytest.raises(ValueError, match="must be a list"):
+        run_sweep(*configs(nbody_tiny, tmp_path, "name=scalar", "search.lr=1e-3"))
+    with pytest.raises(FileNotFoundError, match="invattn simulate"):
+        run_sweep(*load_sweep_configs([f"results_dir={tmp_path}", "name=nodata",
+                                       f"data.dir={tmp_path / 'nowhere'}"]))

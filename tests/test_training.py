@@ -95,5 +95,28 @@ def test_missing_data_says_how_to_generate(tmp_path, capsys):
 
 def test_resume_refuses_other_model(nbody_tiny, tmp_path):
     train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"train.epochs": 1}))
-    with pytest.raises(ValueError, match="model settings"):
+    with pytest.raises(ValueError, match="model.group: E3 -> SE3"):
         train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"model.group": "SE3"}))
+
+
+def test_resume_refuses_changed_schedule(nbody_tiny, tmp_path):
+    # A longer run from a finished cosine schedule would train at lr 0 without this check.
+    train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"train.epochs": 1}))
+    with pytest.raises(ValueError, match=r"train\.epochs: 1 -> 2"):
+        train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"train.epochs": 2}))
+    with pytest.raises(ValueError, match=r"optim\.lr"):
+        train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"train.epochs": 1, "optim.lr": 0.1}))
+    # The same settings: nothing left to do, the last metrics come back.
+    again = train(tiny_cfg(nbody_tiny, tmp_path / "run", **{"train.epochs": 1}))
+    assert again["epoch"] == 1 and "test_mse_x" in again
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.eval_every=0", "train.eval_every"), ("train.epochs=1.5", "train.epochs"),
+    ("optim.lr=-1", "optim.lr"), ("train.device=tpu", "tpu"), ("model.vectors=0", "model"),
+])
+def test_bad_training_settings_are_named(nbody_tiny, tmp_path, capsys, override, key):
+    rc = cli(["train", f"data.dir={nbody_tiny}", f"run_dir={tmp_path / 'r'}", "train.tensorboard=false",
+              override])
+    assert rc == 2
+    assert key in capsys.readouterr().err

@@ -43,7 +43,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path}: it is truncated or not an invattn "
+                         f"checkpoint ({type(exc).__name__}: {first})") from exc
     missing = {"model", "epoch", "config"} - set(state)
     if missing:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)}; not an invattn checkpoint")

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import flat_keys
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.metrics_log import MetricsLog
 from pipeline.training.schedule import lr_factor
@@ -45,7 +46,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available (e.g. a GPU given by SLURM), else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available on this machine")
     return device
@@ -68,6 +72,48 @@ def _progress(total: int, desc: str, mode: str):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+# Settings that define a run: resuming with different values would silently train another
+# model (or, for the schedule, a zero learning rate), so resume refuses them.
+RUN_DEFINING = ("task", "target", "seed", "model", "optim", "train.epochs", "train.batch_size",
+                "data.delta_frames", "data.max_train_sims", "data.augment_rotations")
+
+
+def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """``"key: old -> new"`` for every run-defining leaf that differs."""
+    def leaves(conf: DictConfig) -> dict:
+        out = {}
+        for key in RUN_DEFINING:
+            node = OmegaConf.select(conf, key)
+            if isinstance(node, DictConfig):
+                out.update({f"{key}.{k}": v for k, v in flat_keys(node).items()})
+            else:
+                out[key] = node
+        return out
+
+    old, new = leaves(saved), leaves(cfg)
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def _validate(cfg: DictConfig) -> None:
+    """Clear errors for settings that would otherwise fail deep inside training."""
+    def integer(key, minimum):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+    for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.eval_every"):
+        integer(key, 1)
+    integer("train.num_threads", 0)
+    integer("optim.warmup_epochs", 0)
+    for key, positive in (("optim.lr", True), ("optim.weight_decay", False)):
+        value = OmegaConf.select(cfg, key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value < 0 or (positive and value == 0):
+            kind = "a positive" if positive else "a non-negative"
+            raise ValueError(f"{key} must be {kind} number, got {value!r}")
+
+
 def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     """Train ``cfg.task`` until ``cfg.train.epochs``; resume from ``run_dir`` when asked.
 
@@ -83,18 +129,17 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     """
     run_dir = Path(cfg.run_dir)
     tr = cfg.train
-    if int(tr.epochs) <= 0 or int(tr.batch_size) <= 0:
-        raise ValueError(f"train.epochs and train.batch_size must be positive "
-                         f"(got {tr.epochs}, {tr.batch_size})")
-    if float(cfg.optim.lr) <= 0:
-        raise ValueError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    _validate(cfg)
     if int(tr.num_threads) > 0:
         torch.set_num_threads(int(tr.num_threads))
     device = resolve_device(str(tr.device))
     torch.manual_seed(int(cfg.seed))
 
     task = make_task(cfg)
-    model = task.build_model().to(device)
+    try:
+        model = task.build_model().to(device)
+    except (TypeError, ValueError) as exc:  # the model names the argument; say it is model.*
+        raise ValueError(f"invalid model.* setting: {exc}") from exc
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
                                  weight_decay=float(cfg.optim.weight_decay))
     factor = functools.partial(
@@ -109,12 +154,10 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     ckpt_file = checkpoint_path(run_dir)
     if bool(cfg.resume) and ckpt_file.is_file():
         state = load_checkpoint(ckpt_file, map_location=device)
-        saved_model_cfg = OmegaConf.create(state["config"]).get("model")
-        if saved_model_cfg is not None and OmegaConf.to_container(saved_model_cfg) != \
-                OmegaConf.to_container(cfg.model, resolve=True):
-            raise ValueError(f"{ckpt_file} was trained with model settings "
-                             f"{OmegaConf.to_container(saved_model_cfg)}, not "
-                             f"{OmegaConf.to_container(cfg.model)}; use another run_dir or resume=false")
+        changed = _changed_settings(OmegaConf.create(state["config"]), cfg)
+        if changed:
+            raise ValueError(f"{ckpt_file} was trained with other settings ({'; '.join(changed)}); "
+                             f"resume with the same settings, or start a new run_dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -131,7 +174,7 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     print(f"[{cfg.task}] {type(model).__name__} group={cfg.model.get('group')} params={n_params} "
           f"device={device} run_dir={run_dir} epochs {start_epoch}->{tr.epochs}", flush=True)
 
-    record: dict = {}
+    record: dict = dict(state["metrics"]) if start_epoch >= int(tr.epochs) else {}
     try:
         for epoch in range(start_epoch, int(tr.epochs)):
             t0 = time.perf_counter()
