@@ -78,8 +78,7 @@ def run_guarded(name: str, body) -> int:
     debug = os.environ.get("INVATTN_DEBUG") == "1"
     try:
         return int(body() or 0)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError,
-            ConnectionError) as exc:
+    except (ConfigError, ValueError, KeyError, OSError) as exc:  # OSError: files, connections, timeouts
         if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
