@@ -69,28 +69,35 @@ def best_lr_per_group(runs: list[dict], metric: str = "test_mse_x") -> dict[str,
     return {g: lr for g, (_, lr) in best.items()}
 
 
-def summarize(runs: list[dict], *, command: str) -> dict:
-    """The published record: per variant, mean/std over seeds of the last epoch's metrics."""
+def summarize(runs: list[dict], *, command: str, epochs: int) -> dict:
+    """The published record, per variant: mean/std over the seeds that finished ``epochs``.
+
+    Runs that stopped earlier (an interrupted reproduction) are listed under ``partial_runs``
+    with the epoch they reached, and left out of the means.
+    """
     import torch
 
     out: dict = {}
-    for group in sorted({r["group"] for r in runs}):
-        finals = [r["records"][-1] for r in runs if r["group"] == group and r["records"]]
-        if not finals:
-            continue
-        mse_x = [f["test_mse_x"] for f in finals]
-        mse_v = [f["test_mse_v"] for f in finals]
-        sec = [rec["seconds_per_epoch"] for r in runs if r["group"] == group for rec in r["records"]]
+    for group in sorted({r["group"] for r in runs if r["records"]}):
+        mine = [r for r in runs if r["group"] == group and r["records"]]
+        done = [r for r in mine if r["records"][-1]["epoch"] >= epochs]
+        partial = [r for r in mine if r["records"][-1]["epoch"] < epochs]
+        finals = [r["records"][-1] for r in done]
         sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else None  # noqa: E731
+        mean = lambda xs: statistics.mean(xs) if xs else None  # noqa: E731
+        mse_x, mse_v = [f["test_mse_x"] for f in finals], [f["test_mse_v"] for f in finals]
+        sec = [rec["seconds_per_epoch"] for r in mine for rec in r["records"]]
+        last = mine[0]["records"][-1]
         out[group] = {
-            "mse_x": statistics.mean(mse_x), "mse_x_std": sd(mse_x), "mse_x_per_seed": mse_x,
-            "mse_v": statistics.mean(mse_v), "mse_v_std": sd(mse_v), "mse_v_per_seed": mse_v,
-            "params": finals[0]["params"],
-            "epochs": [f["epoch"] for f in finals],
-            "seconds_per_epoch": statistics.mean(sec),
-            "seeds": [r["seed"] for r in runs if r["group"] == group and r["records"]],
-            "lr": next(r["lr"] for r in runs if r["group"] == group),
-            "baselines": {k: finals[0][f"test_{k}"] for k in
+            "mse_x": mean(mse_x), "mse_x_std": sd(mse_x), "mse_x_per_seed": mse_x,
+            "mse_v": mean(mse_v), "mse_v_std": sd(mse_v), "mse_v_per_seed": mse_v,
+            "params": last["params"], "epochs": epochs,
+            "seconds_per_epoch": mean(sec), "seconds_per_epoch_median": statistics.median(sec),
+            "seeds": [r["seed"] for r in done], "lr": mine[0]["lr"],
+            "partial_runs": [{"seed": r["seed"], "epoch_reached": r["records"][-1]["epoch"],
+                              "mse_x": r["records"][-1].get("test_mse_x"),
+                              "mse_v": r["records"][-1].get("test_mse_v")} for r in partial],
+            "baselines": {k: last[f"test_{k}"] for k in
                           ("zero_change_mse_x", "zero_change_mse_v", "constant_velocity_mse_x")},
         }
     out["machine"] = {"platform": platform.platform(), "processor": platform.machine(),
@@ -144,6 +151,8 @@ def reproduce_command(cfg: DictConfig) -> int:
               f"resources.cpus_per_trial={cfg.cpus_per_trial}"]
     if cfg.ray_address:
         common.append(f"ray.address={cfg.ray_address}")
+    if cfg.publish_only:
+        return _publish(cfg, Path(cfg.results_dir).resolve() / "table1_final")
     lr_by_group = OmegaConf.to_container(cfg.lr_by_group) if cfg.lr_by_group else None
     if not lr_by_group:
         print("== step 1: learning-rate sweep", flush=True)
@@ -157,9 +166,16 @@ def reproduce_command(cfg: DictConfig) -> int:
     print("== step 2: final runs", flush=True)
     final_dir = _sweep(["preset=table1_final", *common, f"search.lr_by_group={{{rates}}}",
                         f"search.seeds=[{seeds}]", f"train.epochs={cfg.epochs}"])
+    return _publish(cfg, final_dir)
+
+
+def _publish(cfg: DictConfig, final_dir: Path) -> int:
+    """Write the JSON record and the plot from the final sweep's runs, finished or not."""
+    if not (final_dir / "ray").is_dir():
+        raise FileNotFoundError(f"no final runs to publish in {final_dir}")
     runs = collect_runs(final_dir)
     command = "invattn reproduce-table1 " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    record = summarize(runs, command=command.strip())
+    record = summarize(runs, command=command.strip(), epochs=int(cfg.epochs))
     out = Path(cfg.output_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
