@@ -220,8 +220,13 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
     if not (final_dir / "ray").is_dir():
         raise FileNotFoundError(f"no final runs to publish in {final_dir}")
     runs = collect_runs(final_dir)
-    command = "invattn reproduce-table1 " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    record = summarize(runs, command=command.strip(), epochs=int(cfg.epochs))
+    # The command that produced the runs (publish_only=true only reports on them).
+    saved = final_dir / "command.txt"
+    command = saved.read_text().strip() if cfg.publish_only and saved.is_file() else (
+        "invattn reproduce-table1 " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip()
+    if not cfg.publish_only:
+        saved.write_text(command + "\n")
+    record = summarize(runs, command=command, epochs=int(cfg.epochs))
     out = Path(cfg.output_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
