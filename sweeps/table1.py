@@ -79,7 +79,7 @@ def summarize(runs: list[dict], *, command: str, epochs: int) -> dict:
 
     out: dict = {}
     for group in sorted({r["group"] for r in runs if r["records"]}):
-        mine = [r for r in runs if r["group"] == group and r["records"]]
+        mine = sorted((r for r in runs if r["group"] == group and r["records"]), key=lambda r: r["seed"])
         done = [r for r in mine if r["records"][-1]["epoch"] >= epochs]
         partial = [r for r in mine if r["records"][-1]["epoch"] < epochs]
         finals = [r["records"][-1] for r in done]
