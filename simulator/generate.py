@@ -168,6 +168,63 @@ class SimulationSettings:
                 for i in indices]
 
 
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n_bytes < 1024 or unit == "PiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+
+
+def _available_memory() -> int | None:
+    """Free memory (psutil's ``available``), capped by this process's address-space limit."""
+    import resource
+
+    limits = []
+    try:
+        import psutil  # installed with ray[default]
+
+        limits.append(int(psutil.virtual_memory().available))
+    except ImportError:
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append(int(soft))
+    return min(limits) if limits else None
+
+
+def check_resources(settings: SimulationSettings, todo) -> None:
+    """Refuse, before any work, a run whose files exceed the free disk space of ``out`` or
+    whose simulation blocks exceed the available memory.
+
+    ``todo`` lists ``(split, path, shard, start, stop)`` of the files to write.  Raises
+    OSError with both figures and what to change.
+    """
+    import shutil
+
+    if not todo:
+        return
+    f, b, d = settings.n_frames, settings.n_bodies, settings.dim
+    need = sum(io.estimated_file_bytes(stop - start, f, b, d) for *_, start, stop in todo)
+    free = shutil.disk_usage(settings.out).free
+    if need > free:
+        raise OSError(f"simulate would write about {_size(need)} to {settings.out} "
+                      f"({len(todo)} file(s)) but only {_size(free)} is free there; "
+                      f"lower n_train/n_test or choose another out=")
+    # Per simulation in a block: positions, velocities, energies from the kernel, the total
+    # energy and the initial state; twice that for the copies h5py and numpy make.
+    per_sim = 2 * 8 * (2 * f * b * d + 4 * f + 3 * b * d + b)
+    block = min(settings.block_size, max(stop - start for *_, start, stop in todo))
+    available = _available_memory()
+    if available is not None and block * per_sim > available:
+        if per_sim > available:
+            raise ValueError(f"one simulation of n_bodies={b} x {f} frames needs about "
+                              f"{_size(per_sim)} of memory but only {_size(available)} is available; "
+                              f"lower n_bodies or n_steps")
+        raise ValueError(f"a block of {block} simulations needs about {_size(block * per_sim)} of "
+                          f"memory but only {_size(available)} is available; lower block_size "
+                          f"(at most {available // per_sim})")
+
+
 def _progress_enabled(settings: SimulationSettings) -> bool:
     return sys.stderr.isatty() if settings.progress is None else settings.progress
 
@@ -234,6 +291,30 @@ def generate(settings: SimulationSettings, log=print) -> list[Path]:
         numba.set_num_threads(threads)
 
 
+def _shard_states(settings: SimulationSettings, plan) -> dict[Path, str | None]:
+    """For each existing shard file of ``plan``: None (complete, reusable) or why not.
+
+    Raises FileExistsError (before any work) when a complete shard belongs to another
+    dataset (seed, sizes, physics or range differ): like a whole file, a finished result is
+    replaced only with ``overwrite=true``.  Interrupted or unreadable shards are redone.
+    """
+    states, foreign = {}, []
+    for split, path, shard, start, stop in plan:
+        if not path.exists():
+            continue
+        expected = settings.identity(split)
+        expected.update(sim_start=start, sim_stop=stop, shard_index=shard, n_shards=settings.n_shards)
+        problem = io.shard_problem(path, expected)
+        if problem is not None and io.shard_problem(path, {}) is None:
+            foreign.append(f"{path} ({problem})")
+        states[path] = problem
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise FileExistsError(f"{foreign[0]}{more}: complete shard(s) of another dataset; "
+                              f"pass overwrite=true to replace them or choose another out=")
+    return states
+
+
 def _generate(settings: SimulationSettings, log) -> list[Path]:
     settings.out.mkdir(parents=True, exist_ok=True)
     plan = [(split, *t) for split in settings.splits() for t in settings.targets(split)]
@@ -241,17 +322,17 @@ def _generate(settings: SimulationSettings, log) -> list[Path]:
         for _, path, *_ in plan:
             if path.exists():
                 raise FileExistsError(f"{path} already exists; pass overwrite=true to replace it")
+    states = {} if settings.n_shards == 1 or settings.overwrite else _shard_states(settings, plan)
+    todo = [p for p in plan if not (p[1] in states and states[p[1]] is None)]
+    check_resources(settings, todo)
     written = []
     for split, path, shard, start, stop in plan:
-        if settings.n_shards > 1 and path.exists() and not settings.overwrite:
-            expected = settings.identity(split)
-            expected.update(sim_start=start, sim_stop=stop, shard_index=shard, n_shards=settings.n_shards)
-            problem = io.shard_problem(path, expected)
-            if problem is None:
+        if path in states:
+            if states[path] is None:
                 log(f"{path}: complete, skipped")
                 written.append(path)
                 continue
-            log(f"{path}: recomputing ({problem})")
+            log(f"{path}: recomputing ({states[path]})")
         t0 = time.perf_counter()
         _write_file(settings, split, path, shard, start, stop)
         log(f"{path}: {stop - start} simulations x {settings.n_frames} frames "

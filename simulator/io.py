@@ -23,6 +23,8 @@ files (names relative to its own directory, listed in ``shard_files``) and ``vir
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import socket
 import uuid
@@ -32,6 +34,7 @@ import h5py
 import numpy as np
 
 __all__ = ["FORMAT_VERSION", "DATASETS", "IDENTITY_ATTRS", "TrajectoryWriter", "temp_path",
+           "estimated_file_bytes", "write_error",
            "read_attributes", "open_trajectories", "read_trajectories", "shard_problem",
            "write_merged"]
 
@@ -47,6 +50,25 @@ def _shapes(n_sims: int, n_frames: int, n_bodies: int, dim: int) -> dict[str, tu
     frames = (n_sims, n_frames)
     return {"positions": state, "velocities": state, "charges": (n_sims, n_bodies),
             "energy": frames, "kinetic_energy": frames, "potential_energy": frames}
+
+
+def estimated_file_bytes(n_sims: int, n_frames: int, n_bodies: int, dim: int) -> int:
+    """An upper bound of the size of a trajectory file: the float64 data plus 5% and 64 KiB
+    for HDF5's chunk index and attributes (measured: about 3% and 7 KiB)."""
+    raw = 8 * sum(math.prod(s) for s in _shapes(n_sims, n_frames, n_bodies, dim).values())
+    return int(raw * 1.05) + (1 << 16)
+
+
+def write_error(path: Path, exc: OSError) -> OSError:
+    """A one-line OSError for a failed write of ``path`` (full disk, file size limit, quota)."""
+    reasons = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large (file size limit)",
+               errno.EDQUOT: "disk quota exceeded"}
+    code = exc.errno if exc.errno in reasons else next(
+        (c for c, r in reasons.items() if os.strerror(c).lower() in str(exc).lower()), None)
+    reason = reasons.get(code) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    err = OSError(f"cannot write {path}: {reason}")
+    err.errno = code or exc.errno
+    return err
 
 
 def temp_path(final: Path) -> Path:
@@ -99,25 +121,55 @@ class TrajectoryWriter:
         self._file: h5py.File | None = None
 
     def __enter__(self) -> "TrajectoryWriter":
-        self._file = h5py.File(self.tmp, "w")
-        for name, shape in self.shapes.items():
-            # One simulation per chunk: readers fetch whole simulations; NaN marks unwritten data.
-            chunks = (1,) + shape[1:] if shape[0] else None
-            self._file.create_dataset(name, shape=shape, dtype="f8", chunks=chunks, fillvalue=np.nan)
-        for key, value in self.attrs.items():
-            self._file.attrs[key] = value
-        self._file.attrs["complete"] = False
+        try:
+            with h5py.File(self.tmp, "w") as f:
+                for name, shape in self.shapes.items():
+                    # One simulation per chunk: readers fetch whole simulations; NaN marks unwritten data.
+                    chunks = (1,) + shape[1:] if shape[0] else None
+                    f.create_dataset(name, shape=shape, dtype="f8", chunks=chunks, fillvalue=np.nan)
+                for key, value in self.attrs.items():
+                    f.attrs[key] = value
+                f.attrs["complete"] = False
+            self._reserve()
+            self._file = h5py.File(self.tmp, "r+")
+        except BaseException as exc:
+            self.tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not str(exc).startswith("cannot write"):
+                raise write_error(self.final, exc) from None
+            raise
         return self
+
+    def _reserve(self) -> None:
+        """Allocate the whole file's disk space now, so that a full disk (or a file size limit)
+        is a clean error here, before any simulation, and never a failed write inside HDF5,
+        which leaves the library unable to close the file (tracebacks, then a segmentation
+        fault at exit).  HDF5 truncates the file to its real size when it is closed."""
+        n_sims, n_frames, n_bodies, dim = self.shapes["positions"]
+        size = estimated_file_bytes(n_sims, n_frames, n_bodies, dim)
+        fd = os.open(self.tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise write_error(self.final, exc) from None
+        finally:
+            os.close(fd)
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write simulations ``start .. start + len`` of every dataset in ``arrays``."""
-        for name, values in arrays.items():
-            self._file[name][start:start + len(values)] = values
+        try:
+            for name, values in arrays.items():
+                self._file[name][start:start + len(values)] = values
+        except OSError as exc:
+            raise write_error(self.final, exc) from None
 
     def commit(self) -> Path:
         """Mark complete (the last attribute written), close and rename onto ``final``."""
-        self._file.attrs["complete"] = True
-        self._file.close()
+        try:
+            self._file.attrs["complete"] = True
+            self._file.close()
+        except (OSError, RuntimeError) as exc:
+            raise write_error(self.final, exc if isinstance(exc, OSError) else OSError(str(exc))) from None
         self._file = None
         if not self.replace and self.final.exists():
             self.tmp.unlink()
@@ -128,7 +180,10 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except (OSError, RuntimeError):  # the write failed already; that error is raised
+                pass
             self._file = None
             self.tmp.unlink(missing_ok=True)
 

@@ -165,15 +165,22 @@ def test_rerun_skips_complete_shards_and_redoes_broken_ones(single, tmp_path):
     with h5py.File(paths[1], "a") as f:        # killed before the complete flag was written
         f.attrs["complete"] = False
     paths[2].unlink()                           # never ran
-    generate(_settings(tmp_path, "n_shards=4", "n_test=0", "shard_index=3", "seed=6"), log=_quiet)
+    generate(_settings(tmp_path, "n_shards=4", "n_test=0", "shard_index=3", "seed=6", "overwrite=true"),
+             log=_quiet)
     stale = tmp_path / f".{paths[0].name}.tmp-otherhost-123-deadbeef"
     stale.write_bytes(b"partial garbage from a killed attempt")
+    # A finished shard of another dataset is a result: refused before any work, like a whole file.
+    seed6 = (paths[3].stat().st_ino, paths[3].stat().st_mtime_ns)
+    with pytest.raises(FileExistsError, match=rf"{paths[3].name} \(attribute seed=6, expected 5\)"):
+        generate(settings, log=_quiet)
+    assert (paths[3].stat().st_ino, paths[3].stat().st_mtime_ns) == seed6
+    assert (paths[0].stat().st_ino, paths[0].stat().st_mtime_ns) == stamp[paths[0]]
+    paths[3].unlink()
     messages = []
     generate(settings, log=messages.append)
     assert (paths[0].stat().st_ino, paths[0].stat().st_mtime_ns) == stamp[paths[0]], "complete shard kept"
     assert any(m.endswith("complete, skipped") and paths[0].name in m for m in messages)
     assert any(paths[1].name in m and "interrupted write" in m for m in messages)
-    assert any(paths[3].name in m and "attribute seed=6, expected 5" in m for m in messages)
     for p in paths[1:]:
         assert (p.stat().st_ino, p.stat().st_mtime_ns) != stamp[p]
     assert stale.read_bytes().startswith(b"partial"), "another attempt's temp file is left alone"
