@@ -8,17 +8,23 @@ Public API
   ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
   (eq. 1-3, 9-12), :class:`NormNonlinearity`, :class:`EquivariantTransformer` (the stack).
 - Invariants: :func:`gram_upper`, :func:`subdeterminants`, :func:`cross_products`.
+- Sparse path (``cutoff=``): :class:`SparseEquivariantAttention` (edge lists, torch_geometric
+  ``Data``/``Batch`` via ``forward_data``), :class:`SparseEquivariantTransformer`,
+  :func:`radius_graph`, :func:`switching_function`.
 """
 from models.attention import EquivariantAttention, masked_softmax
 from models.backbone import EquivariantTransformer
 from models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
 from models.features import Features, FeatureShape
+from models.graph import radius_graph, switching_function
 from models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
 from models.nbody import NBodyModel
 from models.neighbour_invariants import NeighbourInvariants, PairInputs
 from models.nonlinearity import NormNonlinearity
 from models.qm9 import QM9Model
 from models.registry import MODELS, build_model
+from models.sparse_attention import SparseEquivariantAttention
+from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = [
     "NBodyModel", "QM9Model", "build_model", "MODELS",
@@ -26,4 +32,5 @@ __all__ = [
     "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "NormNonlinearity",
     "masked_softmax", "parse_group",
     "gram_upper", "subdeterminants", "cross_products", "choose_combinations",
+    "SparseEquivariantAttention", "SparseEquivariantTransformer", "radius_graph", "switching_function",
 ]

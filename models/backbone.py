@@ -83,6 +83,8 @@ class EquivariantTransformer(nn.Module):
     edge_features [B, N, N, E], mask [B, N] bool) -> Features([B, N, T, 3], [B, N, L])``
     """
 
+    attention_class = EquivariantAttention  # the sparse stack swaps in its edge-list layer
+
     def __init__(self, in_shape: FeatureShape, hidden_shape: FeatureShape, edge_dim: int,
                  n_layers: int, heads: int, query_shape: FeatureShape, mlp_hidden: int,
                  group: str, subdeterminants: int | str = "all", cross_products: int | str = "all",
@@ -101,7 +103,7 @@ class EquivariantTransformer(nn.Module):
                 "cross_products": {"q": sampling_for(cross_products, t, 2),
                                    "kv": sampling_for(cross_products, t + 1, 2)},
             }
-            self.layers.append(EquivariantAttention(shape, hidden_shape, edge_dim, heads, query_shape,
+            self.layers.append(self.attention_class(shape, hidden_shape, edge_dim, heads, query_shape,
                                                     mlp_hidden, group, generator=generator, **options))
             # Layer 0 changes the channel count, so it has no residual and no pre-norm.
             self.norms.append(NormNonlinearity(hidden_shape) if index else nn.Identity())

@@ -13,8 +13,10 @@ from torch import Tensor, nn
 from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
+from models.graph import check_cutoff, radius_graph_dense, switching_function
 from models.inputs import check_shape, prepare_mask
 from models.registry import constructor_config, register_model
+from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = ["NBodyModel"]
 
@@ -43,6 +45,14 @@ class NBodyModel(nn.Module):
         map has); ``1 <= k <= C(vectors + 1, 3)`` resp. ``C(vectors + 1, 2)``.
     sampling_seed : int
         Seed of those subsets; they are buffers, so a loaded checkpoint brings its own.
+    cutoff : float or None
+        ``None`` (default): every body attends to every body (dense, ``O(N^2)``). A number (in
+        the units of the positions): attention runs over the radius graph of that cutoff
+        (:mod:`models.graph`), with each pair's softmax weight scaled by a switching function
+        that is 1 below ``cutoff_inner`` and falls smoothly to 0 at ``cutoff``. Same parameters
+        either way, so a checkpoint of one path loads into the other.
+    cutoff_inner : float or None
+        Where the switching starts, in ``[0, cutoff)``; ``None`` = ``0.75 * cutoff``.
 
     The defaults (4 layers, ``T = 4`` vector and ``L = 24`` scalar channels, 4 heads, queries of
     8 vectors + 24 scalars, MLP width 112) give 184,476 parameters for SE(3) and 116,300 for
@@ -67,17 +77,19 @@ class NBodyModel(nn.Module):
     def __init__(self, group: str = "SE3", n_layers: int = 4, vectors: int = 4, scalars: int = 24,
                  heads: int = 4, query_vectors: int = 8, query_scalars: int = 24, mlp_hidden: int = 112,
                  subdeterminants: int | str = "all", cross_products: int | str = "all",
-                 sampling_seed: int = 0):
+                 sampling_seed: int = 0, cutoff: float | None = None, cutoff_inner: float | None = None):
         super().__init__()
         self.config = constructor_config(NBodyModel, locals())
         self.group = parse_group(group)
+        self.cutoff = check_cutoff(cutoff, cutoff_inner)  # None or (cutoff, inner)
         validate_sizes(n_layers=n_layers, vectors=vectors, scalars=scalars, heads=heads,
                        query_vectors=query_vectors, query_scalars=query_scalars,
                        mlp_hidden=mlp_hidden)
         validate_sampling(subdeterminants, cross_products, vectors)
         generator = torch.Generator().manual_seed(int(sampling_seed))
         hidden = FeatureShape(vectors, scalars)
-        self.backbone = EquivariantTransformer(
+        stack = EquivariantTransformer if self.cutoff is None else SparseEquivariantTransformer
+        self.backbone = stack(
             in_shape=FeatureShape(1, 1), hidden_shape=hidden, edge_dim=1, n_layers=n_layers,
             heads=heads, query_shape=FeatureShape(query_vectors, query_scalars),
             mlp_hidden=mlp_hidden, group=self.group, subdeterminants=subdeterminants,
@@ -105,9 +117,26 @@ class NBodyModel(nn.Module):
         positions = torch.where(mask[..., None], positions, 0.0)
         velocities = torch.where(mask[..., None], velocities, 0.0)
         charges = torch.where(mask, charges.to(positions.dtype), 0.0)
+        if self.cutoff is not None:
+            return self._forward_sparse(positions, velocities, charges, mask)
         relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # [b, j, i] = x_i - x_j
         edges = (charges.unsqueeze(2) * charges.unsqueeze(1)).unsqueeze(-1)  # q_i q_j
         nodes = Features(velocities.unsqueeze(-2), charges.unsqueeze(-1))
         hidden = self.backbone(nodes, relative, edges, mask)
         out = self.head(hidden).masked(mask).vectors
+        return out[..., 0, :], out[..., 1, :]
+
+    def _forward_sparse(self, positions: Tensor, velocities: Tensor, charges: Tensor,
+                        mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The cutoff path: flatten the real bodies, attend over the radius graph, pad back."""
+        cutoff, inner = self.cutoff
+        edge_index, _ = radius_graph_dense(positions, mask, cutoff)
+        source, target = edge_index
+        x, q = positions[mask], charges[mask]  # [n, 3], [n]
+        relative = x.index_select(0, target) - x.index_select(0, source)  # x_i - x_j, [E, 3]
+        weights = switching_function(relative.pow(2).sum(-1), cutoff, inner)
+        edges = (q.index_select(0, source) * q.index_select(0, target)).unsqueeze(-1)  # q_i q_j
+        nodes = Features(velocities[mask].unsqueeze(-2), q.unsqueeze(-1))
+        hidden = self.backbone(nodes, edge_index, relative, edges, weights)
+        out = positions.new_zeros(*mask.shape, 2, 3).index_put((mask,), self.head(hidden).vectors)
         return out[..., 0, :], out[..., 1, :]

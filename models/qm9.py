@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
+from models.graph import check_cutoff, radius_graph_dense, switching_function
 from models.inputs import check_shape, prepare_mask
 from models.registry import constructor_config, register_model
+from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = ["QM9Model", "ELEMENTS", "N_BOND_TYPES"]
 
@@ -52,6 +54,12 @@ class QM9Model(nn.Module):
         Sampling of triples / cross products per Phi (see :class:`~models.nbody.NBodyModel`).
     sampling_seed : int
         Seed of the sampled subsets (buffers; restored from checkpoints).
+    cutoff : float or None
+        ``None`` (default): all atom pairs attend (dense). A number (angstrom): attention over
+        the radius graph, with switched weights that vanish smoothly at the cutoff (see
+        :class:`~models.nbody.NBodyModel`); bond types are read for the pairs in the graph only.
+    cutoff_inner : float or None
+        Start of the switching, in ``[0, cutoff)``; ``None`` = ``0.75 * cutoff``.
 
     Shapes
     ------
@@ -78,10 +86,12 @@ class QM9Model(nn.Module):
     def __init__(self, group: str = "SE3", n_layers: int = 7, vectors: int = 8, scalars: int = 64,
                  heads: int = 8, query_vectors: int = 8, query_scalars: int = 64, mlp_hidden: int = 64,
                  readout: int = 64, pooling: str = "sum", subdeterminants: int | str = "all",
-                 cross_products: int | str = "all", sampling_seed: int = 0):
+                 cross_products: int | str = "all", sampling_seed: int = 0, cutoff: float | None = None,
+                 cutoff_inner: float | None = None):
         super().__init__()
         self.config = constructor_config(QM9Model, locals())
         self.group = parse_group(group)
+        self.cutoff = check_cutoff(cutoff, cutoff_inner)  # None or (cutoff, inner)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
@@ -95,7 +105,8 @@ class QM9Model(nn.Module):
         for index, z in enumerate(ELEMENTS):
             table[z] = index
         self.register_buffer("element_index", table, persistent=False)
-        self.backbone = EquivariantTransformer(
+        stack = EquivariantTransformer if self.cutoff is None else SparseEquivariantTransformer
+        self.backbone = stack(
             in_shape=FeatureShape(0, len(ELEMENTS) + 1), hidden_shape=hidden, edge_dim=N_BOND_TYPES,
             n_layers=n_layers, heads=heads, query_shape=FeatureShape(query_vectors, query_scalars),
             mlp_hidden=mlp_hidden, group=self.group, subdeterminants=subdeterminants,
@@ -152,11 +163,23 @@ class QM9Model(nn.Module):
         mask = prepare_mask(mask, positions)
         dtype = positions.dtype
         positions = torch.where(mask.unsqueeze(-1), positions, 0.0)  # padded garbage must not leak
-        relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # [b, j, i] = x_i - x_j
-        nodes = Features(positions.new_zeros(b, n, 0, 3), self.node_scalars(atomic_numbers, mask, dtype))
-        hidden = self.backbone(nodes, relative, self.edge_scalars(bond_types, mask, dtype), mask)
-        per_atom = self.readout(hidden).scalars  # invariant, [B, N, readout]
-        per_atom = torch.where(mask.unsqueeze(-1), per_atom, 0.0)
+        scalars = self.node_scalars(atomic_numbers, mask, dtype)
+        edges = self.edge_scalars(bond_types, mask, dtype)  # validates every real pair
+        if self.cutoff is None:
+            relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # [b, j, i] = x_i - x_j
+            hidden = self.backbone(Features(positions.new_zeros(b, n, 0, 3), scalars), relative, edges, mask)
+            per_atom = self.readout(hidden).scalars  # invariant, [B, N, readout]
+            per_atom = torch.where(mask.unsqueeze(-1), per_atom, 0.0)
+        else:  # radius graph over the real atoms, padded back after the stack
+            cutoff, inner = self.cutoff
+            edge_index, (g, j, i) = radius_graph_dense(positions, mask, cutoff)
+            x = positions[mask]
+            relative = x.index_select(0, edge_index[1]) - x.index_select(0, edge_index[0])  # x_i - x_j
+            weights = switching_function(relative.pow(2).sum(-1), cutoff, inner)
+            nodes = Features(positions.new_zeros(x.shape[0], 0, 3), scalars[mask])
+            hidden = self.backbone(nodes, edge_index, relative, edges[g, j, i], weights)
+            per_atom = scalars.new_zeros(b, n, self.readout.out_shape.scalars).index_put(
+                (mask,), self.readout(hidden).scalars)
         pooled = per_atom.sum(1)
         if self.pooling == "mean":
             pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1).to(dtype)

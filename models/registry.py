@@ -28,9 +28,15 @@ def register_model(task: str):
 
 
 def constructor_config(cls, arguments: dict) -> dict:
-    """The constructor arguments of ``cls`` picked out of ``arguments`` (e.g. ``locals()``)."""
-    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    return {name: arguments[name] for name in names}
+    """The constructor arguments of ``cls`` picked out of ``arguments`` (e.g. ``locals()``).
+
+    An argument left at a default of ``None`` (an option switched off, such as ``cutoff``) is
+    omitted, so every value is a plain int, float or str and configs saved before the option
+    existed compare equal.
+    """
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: arguments[name] for name, p in parameters.items()
+            if name != "self" and not (arguments[name] is None and p.default is None)}
 
 
 def build_model(task: str, **kwargs) -> nn.Module:

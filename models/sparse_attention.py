@@ -1,0 +1,170 @@
+"""Equivariant attention over an edge list (the sparse, radius-graph form of eq. 1-3, 9-12).
+
+The same layer as :class:`~models.attention.EquivariantAttention` (same parameters, so a dense
+checkpoint loads into it), evaluated only on the pairs of ``edge_index`` (torch_geometric
+convention: row 0 = source ``j``, row 1 = target ``i``). Per edge ``(j -> i)``:
+
+    k_ji = Phi_k(h_j + {x_i - x_j}, s_j + e_ji),  v_ji = Phi_v(...)         (eq. 2-3)
+    l_ji = <flat(q_i), flat(k_ji)> / sqrt(d)                               (eq. 9-11)
+    a_ji = w_ji exp(l_ji) / sum_j' w_j'i exp(l_j'i)                        (switched softmax)
+    out_i = sum_j a_ji v_ji                                                (eq. 12)
+
+``w_ji`` is the switching weight of the pair's distance (:func:`~models.graph.switching_function`;
+1 when no weights are given), so a pair's weight goes to 0 smoothly at the cutoff. With every
+``w = 1`` and all pairs listed, this is exactly the dense softmax. The softmax and the sums are
+scatters over the targets (``scatter_reduce`` / ``index_add``), so time and memory grow with the
+number of edges; there is no loop over nodes or edges.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.attention import EquivariantAttention
+from models.features import Features
+from models.graph import check_cutoff, radius_graph, switching_function
+
+__all__ = ["SparseEquivariantAttention", "edge_geometry", "scatter_switched_softmax_sum"]
+
+
+def edge_geometry(positions: Tensor, edge_index: Tensor, cutoff: float | None = None,
+                  cutoff_inner: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """Relative positions ``x_i - x_j`` ``[E, 3]`` of the edges and their switching weights ``[E]``.
+
+    The weights are ``None`` when ``cutoff`` is ``None`` (every listed pair counts fully).
+    """
+    source, target = edge_index
+    relative = positions.index_select(0, target) - positions.index_select(0, source)
+    if cutoff is None:
+        return relative, None
+    cutoff, inner = check_cutoff(cutoff, cutoff_inner)
+    return relative, switching_function(relative.pow(2).sum(-1), cutoff, inner)
+
+
+def scatter_switched_softmax_sum(logits: Tensor, weights: Tensor | None, target: Tensor, n_nodes: int,
+                                 values: Tensor) -> Tensor:
+    """``out_i = sum_e w_e exp(l_e) v_e / sum_e w_e exp(l_e)`` over the edges ``e`` into each ``i``.
+
+    Parameters
+    ----------
+    logits : Tensor ``[E, H]``
+    weights : Tensor ``[E]`` or None (all 1)
+    target : Tensor ``[E]`` long
+    n_nodes : int
+    values : Tensor ``[E, H, C]``
+
+    Returns
+    -------
+    Tensor ``[n_nodes, H, C]``; 0 for a node with no edge of positive weight (never NaN).
+
+    Notes
+    -----
+    Logits are shifted by their per-target maximum (detached: softmax does not depend on the
+    shift) before ``exp``, exactly as a dense softmax does.
+    """
+    h = logits.shape[1]
+    shift = logits.new_full((n_nodes, h), torch.finfo(logits.dtype).min)
+    shift = shift.scatter_reduce(0, target[:, None].expand(-1, h), logits.detach(), "amax",
+                                 include_self=False)
+    p = torch.exp(logits - shift.index_select(0, target))
+    if weights is not None:
+        p = p * weights[:, None]
+    denominator = logits.new_zeros(n_nodes, h).index_add_(0, target, p)
+    numerator = values.new_zeros(n_nodes, h, values.shape[-1]).index_add_(0, target, p[..., None] * values)
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return numerator / safe[..., None]
+
+
+class SparseEquivariantAttention(EquivariantAttention):
+    """Multi-head equivariant self-attention on a graph given as an edge list.
+
+    Constructor: exactly :class:`~models.attention.EquivariantAttention`'s (same parameters).
+
+    Shapes
+    ------
+    ``forward(features: Features([n, T, 3], [n, L]), edge_index [2, E] long (source j, target i),
+    relative_positions [E, 3] (x_i - x_j), edge_features [E, F], edge_weights [E] | None)
+    -> Features([n, T', 3], [n, L'])``.
+
+    The dense layer's ``j == i`` term is the self-loop ``(i, i)``: include self-loops (as
+    :func:`~models.graph.radius_graph` does) to get the same layer; a node without incoming edges
+    gets zero outputs. ``edge_weights`` (in ``[0, 1]``) scale each pair inside the softmax
+    (:func:`scatter_switched_softmax_sum`); pass the switching weights of a cutoff there.
+
+    :meth:`forward_data` takes a torch_geometric ``Data`` / ``Batch`` instead.
+
+    Examples
+    --------
+    >>> from models.features import FeatureShape
+    >>> layer = SparseEquivariantAttention(FeatureShape(1, 1), FeatureShape(4, 8), edge_dim=1,
+    ...                                    heads=2, query_shape=FeatureShape(2, 4), hidden=16)
+    >>> x = torch.randn(6, 3)
+    >>> edges = radius_graph(x, cutoff=1.5)
+    >>> out = layer(Features(torch.randn(6, 1, 3), torch.randn(6, 1)), edges,
+    ...             x[edges[1]] - x[edges[0]], torch.randn(edges.shape[1], 1))
+    >>> out
+    Features(vectors=[6, 4, 3], scalars=[6, 8])
+    """
+
+    def forward(self, features: Features, edge_index: Tensor, relative_positions: Tensor,
+                edge_features: Tensor, edge_weights: Tensor | None = None) -> Features:
+        n, h = features.vectors.shape[0], self.heads
+        source, target = edge_index[0], edge_index[1]
+        query = self.query(features)  # eq. 1, per node
+        query = self._flatten_heads(query.vectors, query.scalars)  # [n, H, d]
+
+        # Keys and values per edge through the dense code path, with the edges as the
+        # neighbour axis of a batch of one: [1, E (as j), 1 (as i), ...].
+        senders = Features(features.vectors.index_select(0, source)[None],
+                           features.scalars.index_select(0, source)[None])
+        inputs = self.neighbours(senders, relative_positions[None, :, None], edge_features[None, :, None])
+        node_invariants = inputs.node_invariants.unsqueeze(2)
+        key = self._combine(self.key, self.key.hidden_split(node_invariants, inputs.pair_invariants),
+                            self.query_shape, inputs)  # eq. 2
+        key = self._flatten_heads(key.vectors, key.scalars)[0, :, 0]  # [E, H, d]
+        logits = (query.index_select(0, target) * key).sum(-1) * self.scale  # eq. 11, [E, H]
+
+        value = self._combine(self.value, self.value.hidden_split(node_invariants, inputs.pair_invariants),
+                              self.out_shape, inputs)  # eq. 3
+        t, l = self.out_shape.vectors, self.out_shape.scalars
+        value_vectors = value.vectors[0, :, 0].unflatten(-2, (h, -1)).flatten(-2)  # [E, H, 3 T'/H]
+        value_scalars = value.scalars[0, :, 0].unflatten(-1, (h, -1))  # [E, H, L'/H]
+        out = scatter_switched_softmax_sum(logits, edge_weights, target, n,
+                                           torch.cat([value_vectors, value_scalars], -1))  # eq. 12
+        out_vectors, out_scalars = out.split([3 * t // h, l // h], dim=-1)
+        return Features(out_vectors.reshape(n, t, 3), out_scalars.reshape(n, l))
+
+    def forward_data(self, data, cutoff: float | None = None, cutoff_inner: float | None = None) -> Features:
+        """Apply the layer to a torch_geometric ``Data`` / ``Batch``.
+
+        Reads ``data.pos [n, 3]``, ``data.x [n, L]`` (node scalars), ``data.vectors [n, T, 3]``
+        (node vectors; may be absent when ``T = 0``), ``data.edge_attr [E, F]`` (may be absent
+        when ``F = 0``) and ``data.edge_index`` (if absent, the radius graph of ``cutoff`` is
+        built with :func:`~models.graph.radius_graph` using ``data.batch``). With a ``cutoff``
+        the edges are weighted by the switching function.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` has no ``pos``, or no ``edge_index`` and no ``cutoff``.
+        """
+        positions = getattr(data, "pos", None)
+        if positions is None:
+            raise ValueError("data has no 'pos' (node positions [n, 3])")
+        n = positions.shape[0]
+        scalars = getattr(data, "x", None)
+        if scalars is None:
+            scalars = positions.new_zeros(n, 0)
+        vectors = getattr(data, "vectors", None)
+        if vectors is None:
+            vectors = positions.new_zeros(n, 0, 3)
+        edge_index = getattr(data, "edge_index", None)
+        if edge_index is None:
+            if cutoff is None:
+                raise ValueError("data has no 'edge_index' and no cutoff was given to build one")
+            edge_index = radius_graph(positions, cutoff, getattr(data, "batch", None))
+        edge_features = getattr(data, "edge_attr", None)
+        if edge_features is None:
+            edge_features = positions.new_zeros(edge_index.shape[1], 0)
+        relative, weights = edge_geometry(positions, edge_index, cutoff, cutoff_inner)
+        return self(Features(vectors, scalars), edge_index, relative, edge_features, weights)
