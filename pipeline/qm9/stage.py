@@ -250,8 +250,10 @@ def preprocess(cfg: DictConfig, log=print) -> dict:
     complete = not errors and len(shards) == len(tasks)
     if complete and counts["parsed"] != written + len(skipped):
         raise RuntimeError(f"count mismatch: parsed {counts['parsed']} != written {written} + skipped {len(skipped)}")
+    # Every input malformed (or none at all): not a dataset, whatever the shards say.
+    status = ("empty" if written == 0 else "complete") if complete else "incomplete"
     manifest.update({
-        "status": "complete" if complete else "incomplete", "shards": shards, "counts": counts,
+        "status": status, "shards": shards, "counts": counts,
         "skipped": skipped, "bond_methods": dict(methods), "errors": errors,
         "timing": {"scan_s": round(t_scan, 3), "compute_s": round(t_compute, 3),
                    "total_s": round(time.perf_counter() - t0, 3), "shards_computed": len(results),
@@ -265,6 +267,12 @@ def preprocess(cfg: DictConfig, log=print) -> dict:
     if errors:
         raise RuntimeError(f"{len(errors)} shard(s) failed ({errors[0]['error']}); the other shards are "
                            f"kept, re-run the same command to retry")
+    if status == "empty":
+        first = next((f"; first: {s['name']}" + (f" line {s['line']}" if s.get("line") else "")
+                      + f": {s['reason']}" for s in skipped), "")
+        raise ValueError(f"no molecule of QM9 source {src.description} could be used: found {counts['found']}, "
+                         f"excluded {counts['excluded_uncharacterized']}, skipped {len(skipped)}{first} "
+                         f"(manifest status 'empty')")
     return manifest
 
 

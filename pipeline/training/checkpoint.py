@@ -5,6 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, load
 """
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from pathlib import Path
@@ -15,13 +16,33 @@ __all__ = ["save_checkpoint", "load_checkpoint"]
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically (a crash leaves the previous file intact)."""
+    """Write ``state`` to ``path`` atomically (a crash leaves the previous file intact).
+
+    Raises
+    ------
+    OSError
+        The file could not be written, e.g. ``no space left on device``; one line naming
+        ``path``; the previous checkpoint is kept.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Serialise in memory, then write with plain file I/O: a full disk is then an OSError with
+    # its errno, not an error from inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        err = OSError(f"cannot write checkpoint {path}: {reason}; {kept}")
+        err.errno = exc.errno
+        raise err from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

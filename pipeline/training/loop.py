@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import flat_keys
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.metrics_log import MetricsLog
+from pipeline.training.run_lock import run_dir_lock
 from pipeline.training.schedule import lr_factor
 
 __all__ = ["train", "make_task", "resolve_device", "checkpoint_path", "count_parameters"]
@@ -126,10 +127,20 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     ValueError
         Invalid settings, or a checkpoint in ``run_dir`` whose model settings differ from
         ``cfg`` (resume would silently train another model).
+    RunDirBusyError
+        Another process is training in ``run_dir`` (an ``OSError``).
+    OSError
+        A checkpoint could not be written (e.g. no space left on device); the previous
+        checkpoint is kept.
     """
+    _validate(cfg)
+    with run_dir_lock(Path(cfg.run_dir)):
+        return _train(cfg, reporter)
+
+
+def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
     run_dir = Path(cfg.run_dir)
     tr = cfg.train
-    _validate(cfg)
     if int(tr.num_threads) > 0:
         torch.set_num_threads(int(tr.num_threads))
     device = resolve_device(str(tr.device))
