@@ -4,6 +4,12 @@ Each subcommand has a YAML file ``configs/<name>.yaml``.  A config may contain a
 ``preset`` key; ``preset=NAME`` then overlays ``configs/<name>/NAME.yaml`` before the
 remaining ``key=value`` overrides are applied.  Keys are strict: an override that names
 a key the YAML does not define raises :class:`ConfigError` listing the closest keys.
+
+Values are typed: every key has the type of its YAML default (an integer default makes an
+integer key, and so on), except the keys listed in :data:`KEY_TYPES` (null defaults and keys
+that take several kinds of value).  :func:`load_config` checks every value against its type
+after the preset and the overrides are applied, so ``seed=abc`` fails with one line naming
+``seed`` instead of a Python error deep inside a command.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from typing import Iterable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "config_dir", "load_config", "flat_keys", "describe_keys"]
+__all__ = ["ConfigError", "KEY_TYPES", "config_dir", "load_config", "flat_keys", "describe_keys",
+           "key_types", "check_types"]
 
 
 class ConfigError(ValueError):
@@ -69,6 +76,160 @@ def _check_keys(base: DictConfig, overrides: Iterable[str], source: str) -> None
         raise ConfigError(f"unknown config key {key!r} for {source}{hint}")
 
 
+# --- value types -------------------------------------------------------------------------
+# A type is "int", "float", "bool", "str", "null", a quoted word ('all'), "list[T]" or
+# "dict[T]", joined by "|".  Only keys whose default does not show their type are listed;
+# tests/test_robustness_inputs.py checks that every null default is listed here.
+_SQL = "str | null"
+KEY_TYPES: dict[str, dict[str, str]] = {
+    "simulate": {
+        "preset": _SQL, "box_size": "float | null", "shard_index": "int | null",
+        "num_threads": "int | null", "progress": "bool | str",
+    },
+    "preprocess_qm9": {
+        "exclude.ids_file": _SQL, "scheduler_address": _SQL, "connect_timeout_s": "float",
+        "local.n_workers": "int | null", "local.memory_limit": "str | int",
+        "slurm.queue": _SQL, "slurm.account": _SQL, "slurm.job_extra_directives": "list[str]",
+        "slurm.local_directory": _SQL, "slurm.log_directory": _SQL, "slurm.interface": _SQL,
+        "slurm.python": _SQL, "slurm.wait_timeout_s": "float",
+    },
+    "evaluate": {"checkpoint": _SQL, "data_dir": _SQL, "output": _SQL},
+    "reproduce_table1": {
+        "lr_by_group": "dict[float] | null", "ray_address": _SQL, "cpus_per_trial": "float",
+    },
+    "sweep": {
+        "preset": _SQL, "train_preset": _SQL, "storage_path": _SQL, "metric": _SQL,
+        "report_metrics": "list[str] | null",
+        "search.lr_loguniform": "list[float] | null", "search.subdeterminants": "list[int | 'all']",
+        "search.groups": "list[str] | null", "search.lr_by_group": "dict[float] | null",
+        "resources.cpus_per_trial": "float", "resources.gpus_per_trial": "float",
+        "ray.address": _SQL, "ray.num_cpus": "int | null", "ray.num_gpus": "int | null",
+        "ray.temp_dir": _SQL, "submitit.partition": _SQL, "submitit.cpus_per_node": "int | null",
+        "submitit.additional": "dict", "fault_injection.crash_once_at_epoch": "int | null",
+    },
+}
+_TRAIN_TYPES = {
+    "preset": _SQL, "model.subdeterminants": "int | 'all'", "model.cross_products": "int | 'all'",
+    "train.grad_clip": "float | null", "train.progress": "bool | str",
+}
+KEY_TYPES["train_nbody"] = {**_TRAIN_TYPES, "data.max_train_sims": "int | null",
+                            "data.max_test_sims": "int | null"}
+KEY_TYPES["train_qm9"] = dict(_TRAIN_TYPES)
+
+_NAMES = {"int": ("an integer", "integers"), "float": ("a number", "numbers"),
+          "bool": ("true or false", "true/false"), "str": ("a string", "strings"),
+          "null": ("null", "nulls"), "dict": ("a mapping", "mappings")}
+
+
+def _split_alternatives(spec: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in spec:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur.strip()]
+
+
+def _describe(spec: str, plural: bool = False) -> str:
+    words = []
+    for alt in _split_alternatives(spec):
+        if alt.startswith(("list[", "dict[")):
+            inner = _describe(alt[5:-1], plural=True)
+            words.append(f"a list of {inner}" if alt.startswith("list") else f"a mapping to {inner}")
+        elif alt.startswith("'"):
+            words.append(alt)
+        else:
+            words.append(_NAMES[alt][plural])
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value, spec: str):
+    """``value`` converted to ``spec`` (ints to floats, whole floats to ints, numbers to
+    strings); raises :class:`_Mismatch` when it is not of that type."""
+    for alt in _split_alternatives(spec):
+        if alt == "null" and value is None:
+            return None
+        if value is None:
+            continue
+        if alt.startswith("list[") and isinstance(value, list):
+            return [_coerce(v, alt[5:-1]) for v in value]
+        if alt.startswith("dict") and isinstance(value, dict):
+            return value if alt == "dict" else {k: _coerce(v, alt[5:-1]) for k, v in value.items()}
+        if isinstance(value, (list, dict)):
+            continue
+        if alt == "bool" and isinstance(value, bool):
+            return value
+        if isinstance(value, bool):
+            continue
+        if alt == "int" and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            return int(value)
+        if alt == "float" and isinstance(value, (int, float)):
+            return float(value)
+        if alt.startswith("'") and value == alt.strip("'"):
+            return value
+    # Strings last: "8" given for an int | 'all' key is refused rather than kept as text.
+    if "str" in _split_alternatives(spec) and isinstance(value, (str, int, float)) \
+            and not isinstance(value, bool):
+        return str(value)
+    raise _Mismatch
+
+
+def _infer_type(value) -> str | None:
+    """The type a YAML default implies (None for null or an empty list: must be declared)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, list) and value:
+        kinds = {_infer_type(v) for v in value}
+        if kinds <= {"int", "float"}:
+            return "list[float]" if "float" in kinds else "list[int]"
+        return f"list[{kinds.pop()}]" if len(kinds) == 1 else None
+    return None
+
+
+def key_types(name: str, base: DictConfig | None = None) -> dict[str, str | None]:
+    """``{key: type}`` for every key of ``configs/<name>.yaml`` (None: no type known)."""
+    base = _read_yaml(config_dir() / f"{name}.yaml") if base is None else base
+    declared = KEY_TYPES.get(name, {})
+    return {key: declared.get(key) or _infer_type(value) for key, value in flat_keys(base).items()}
+
+
+def check_types(cfg: DictConfig, types: dict[str, str | None]) -> None:
+    """Check (and normalize in place) every value of ``cfg`` against ``types``.
+
+    Raises
+    ------
+    ConfigError
+        ``config key <key> must be <type>, got <value>`` for the first mismatch.
+    """
+    for key, spec in types.items():
+        if spec is None:
+            continue
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) else node
+        try:
+            new = _coerce(value, spec)
+        except _Mismatch:
+            raise ConfigError(f"config key {key} must be {_describe(spec)}, got {value!r}") from None
+        if new != value or type(new) is not type(value):
+            OmegaConf.update(cfg, key, new, merge=False)
+
+
 def load_config(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     """Load ``configs/<name>.yaml``, overlay the preset it selects, then ``overrides``.
 
@@ -82,8 +243,8 @@ def load_config(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     Raises
     ------
     ConfigError
-        Unknown key (with close matches), malformed override, missing or unreadable file,
-        unknown preset.
+        Unknown key (with close matches), a value of the wrong type (naming the key and the
+        type), malformed override, missing or unreadable file, unknown preset.
     """
     overrides = list(overrides)
     path = config_dir() / f"{name}.yaml"
@@ -107,6 +268,7 @@ def load_config(name: str, overrides: Iterable[str] = ()) -> DictConfig:
         cfg = OmegaConf.merge(cfg, over)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid override for {name}: {exc}") from exc
+    check_types(cfg, key_types(name, base))
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -313,17 +313,36 @@ def read_trajectories(path, sims: slice | None = None) -> dict:
     Raises
     ------
     FileNotFoundError, ValueError
-        As :func:`open_trajectories`; also ValueError if the data hold NaN (unwritten data).
+        As :func:`open_trajectories`; also ValueError if positions, velocities or charges
+        hold NaN (unwritten data) or inf; the message names the file, dataset and index.
     """
     sel = slice(None) if sims is None else sims
     with open_trajectories(path) as f:
         out = {name: f[name][sel] for name in DATASETS}
         out["attrs"] = {k: _py(v) for k, v in f.attrs.items()}
-    bad = ~np.isfinite(out["positions"]).all(axis=(1, 2, 3))
-    if bad.any():
-        raise ValueError(f"{path}: simulation {int(np.flatnonzero(bad)[0])} (of the selection) "
-                         f"holds NaN: data that were never written")
+    # Index in the file of the selection's first simulation (None if not a plain slice).
+    offset = (sel.start or 0) if sel.step in (None, 1) and (sel.start or 0) >= 0 else None
+    for name in ("positions", "velocities", "charges"):
+        _check_finite(path, name, out[name], offset)
     return out
+
+
+def _check_finite(path, name: str, values: np.ndarray, offset: int | None) -> None:
+    """Refuse NaN/inf in a dataset, naming the file, dataset and index of the first one.
+
+    Training would otherwise fail much later with a non-finite loss that looks like a
+    learning-rate problem.
+    """
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    sim = f"simulation {index[0] + offset}" if offset is not None else f"simulation {index[0]} of the selection"
+    where = ", ".join([sim] + [f"{label} {i}" for label, i in zip(("frame", "body", "component")
+                                                                  if values.ndim == 4 else ("body",), index[1:])])
+    why = "data that were never written or a corrupt file" if np.isnan(values[index]) else "a corrupt file"
+    raise ValueError(f"{path}: {name} holds {float(values[index])} at {where} ({int(bad.sum())} non-finite "
+                     f"value(s): {why}); regenerate it with `invattn simulate`")
 
 
 def write_merged(final, shards: list[tuple[Path, int, int]], n_sims: int, n_frames: int,

@@ -79,7 +79,7 @@ def save_configs(out_dir: Path, sweep_cfg: DictConfig, train_cfg: DictConfig) ->
 
 
 def check_data(train_cfg: DictConfig) -> None:
-    """Fail before starting Ray when the training data is missing (trials would fail anyway)."""
+    """Fail before starting Ray when the training data is missing or 2D (trials would fail anyway)."""
     root = Path(train_cfg.data.dir)
     needed = ([root / train_cfg.data.train_file, root / train_cfg.data.test_file]
               if train_cfg.task == "nbody" else [root / "manifest.json"])
@@ -88,6 +88,11 @@ def check_data(train_cfg: DictConfig) -> None:
         how = ("invattn simulate preset=paper out=" if train_cfg.task == "nbody"
                else "invattn preprocess-qm9 source=... out=")
         raise FileNotFoundError(f"training data missing: {', '.join(missing)} (make it with `{how}{root}`)")
+    if train_cfg.task == "nbody":  # 2D data: refuse here, not in every trial
+        from pipeline.training.nbody_task import require_3d
+
+        for path in needed:
+            require_3d(path)
 
 
 def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:

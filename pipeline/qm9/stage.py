@@ -107,7 +107,21 @@ def plan(cfg: DictConfig, src: Source, log=print) -> dict:
             "split_planned": split_sizes(len(kept), **split_kw)}
 
 
-def _check_out_dir(out: Path, run_hash: str, source: str, overwrite: bool) -> dict | None:
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every leaf of two nested dicts that differs."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _check_out_dir(out: Path, p: dict, overwrite: bool) -> dict | None:
+    """Refuse (unless ``overwrite``) an ``out`` holding shards of another source or settings,
+    naming what changed: the source, or the settings (``shard_size: 2000 -> 500``)."""
     path = out / MANIFEST_NAME
     if not path.is_file():
         return None
@@ -115,11 +129,19 @@ def _check_out_dir(out: Path, run_hash: str, source: str, overwrite: bool) -> di
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         raise ValueError(f"{path}: existing manifest is not valid JSON; move it away or use another out") from None
-    if old.get("run_hash") != run_hash and not overwrite:
+    if old.get("run_hash") != p["run_hash"] and not overwrite:
+        as_json = lambda obj: json.loads(json.dumps(obj, default=str))  # noqa: E731  (as stored)
+        changed = _differences(old.get("settings") or {}, as_json(p["settings"]))
+        old_src, new_src = old.get("source") or {}, as_json(p["source"])
+        if old_src.get("description") != new_src.get("description"):
+            changed.insert(0, f"source: {old_src.get('description')!r} -> {new_src.get('description')!r}")
+        elif _differences(old_src, new_src):
+            changed.insert(0, f"source {new_src.get('description')!r} changed on disk "
+                              f"({'; '.join(_differences(old_src, new_src)[:2])})")
+        what = "; ".join(changed) if changed else "the planned shards differ"
         raise FileExistsError(
-            f"{out} holds QM9 shards from a different source or settings "
-            f"({old.get('source', {}).get('description')!r}, now {source!r}); pass overwrite=true "
-            f"to replace them or choose another out=")
+            f"{out} holds QM9 shards made with other settings ({what}); pass overwrite=true "
+            f"to replace them, or choose another out=")
     return old
 
 
@@ -199,7 +221,7 @@ def preprocess(cfg: DictConfig, log=print) -> dict:
     p = plan(cfg, src, log)
     tasks, counts = p["tasks"], p["counts"]
     out.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(out, p["run_hash"], src.description, bool(cfg.overwrite))
+    _check_out_dir(out, p, bool(cfg.overwrite))
     t_scan = time.perf_counter() - t0
     log(f"preprocess-qm9: {counts['found']} molecules found, {counts['excluded_uncharacterized']} "
         f"uncharacterized excluded, {len(tasks)} shards planned ({t_scan:.1f} s)")

@@ -55,10 +55,18 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     ------
     FileNotFoundError
         ``path`` does not exist.
+    IsADirectoryError
+        ``path`` is a folder (a run_dir, say); the message suggests the checkpoint file in it.
     ValueError
         The file is not a readable checkpoint of this project (the message names it).
     """
     path = Path(path)
+    if path.is_dir():
+        found = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()]
+        found = found or sorted(path.rglob("*.pt"))[:3]
+        hint = (f"; did you mean {' or '.join(map(str, found))}?" if found
+                else " and holds no .pt file (a run's checkpoint is <run_dir>/checkpoints/last.pt)")
+        raise IsADirectoryError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -12,9 +12,23 @@ from pipeline.training.loop import make_task, resolve_device, train
 __all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
 
 
+def _print_metrics(cfg: DictConfig, metrics: dict) -> str:
+    """The metrics as JSON; for QM9 with their units and a line beside the mean predictor."""
+    if cfg.get("task") == "qm9":
+        from pipeline.training.qm9_task import describe_metrics, metric_units
+
+        units = {k: u for k, u in metric_units(str(cfg.target)).items() if k in metrics}
+        text = json.dumps({**metrics, "units": units}, indent=2)
+        print(text)
+        print(describe_metrics(str(cfg.target), metrics), flush=True)
+        return text
+    text = json.dumps(metrics, indent=2)
+    print(text, flush=True)
+    return text
+
+
 def train_command(cfg: DictConfig) -> int:
-    metrics = train(cfg)
-    print(json.dumps(metrics, indent=2))
+    _print_metrics(cfg, train(cfg))
     return 0
 
 
@@ -28,6 +42,10 @@ def evaluate_checkpoint(checkpoint, *, data_dir: str | None = None, device: str 
     data_dir : str, optional
         Read the data from here instead of the directory recorded in the checkpoint.
     """
+    return _evaluate(checkpoint, data_dir, device)[0]
+
+
+def _evaluate(checkpoint, data_dir, device) -> tuple[dict, DictConfig]:
     state = load_checkpoint(Path(checkpoint))
     cfg = OmegaConf.create(state["config"])
     if data_dir:
@@ -39,15 +57,14 @@ def evaluate_checkpoint(checkpoint, *, data_dir: str | None = None, device: str 
     model.load_state_dict(state["model"])
     model.eval()
     metrics = {"epoch": int(state["epoch"]), **task.evaluate(model, dev)}
-    return metrics
+    return metrics, cfg
 
 
 def evaluate_command(cfg: DictConfig) -> int:
     if not cfg.checkpoint:
         raise ValueError("checkpoint=PATH is required (e.g. runs/nbody/checkpoints/last.pt)")
-    metrics = evaluate_checkpoint(cfg.checkpoint, data_dir=cfg.data_dir, device=cfg.device)
-    text = json.dumps(metrics, indent=2)
-    print(text)
+    metrics, run_cfg = _evaluate(cfg.checkpoint, cfg.data_dir, cfg.device)
+    text = _print_metrics(run_cfg, metrics)
     if cfg.output:
         Path(cfg.output).write_text(text + "\n")
     return 0

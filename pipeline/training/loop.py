@@ -226,8 +226,9 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
                 "model_hparams": dict(getattr(model, "hparams", {}) or {}),
                 "metrics": record, "params": n_params,
             }, ckpt_file)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in record.items()), flush=True)
+            units = getattr(task, "metric_units", {})  # QM9: MAE in meV, D, ... (printed)
+            print(" ".join((f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+                           + (f" {units[k]}" if k in units else "") for k, v in record.items()), flush=True)
             if reporter is not None:
                 reporter(dict(record), ckpt_file.parent)
     finally:

@@ -15,7 +15,28 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.nbody import NBodyWindows
 from pipeline.training.rotations import random_rotations
 
-__all__ = ["NBodyTask"]
+__all__ = ["NBodyTask", "require_3d"]
+
+
+def require_3d(path: Path) -> None:
+    """Refuse data that are not 3D before anything is loaded or built.
+
+    The networks combine 3-vectors through cross products and 3x3 subdeterminants (paper
+    eq. 6-8); 2D trajectories (e.g. ``preset=nri2d``) are not supported by the model yet.
+    A missing or unreadable file is left to :class:`NBodyWindows`, which explains it.
+    """
+    if not path.is_file():
+        return
+    from simulator.io import read_attributes
+
+    try:
+        dim = read_attributes(path).get("dim")
+    except OSError:
+        return
+    if dim is not None and int(dim) != 3:
+        raise ValueError(f"{path} holds {dim}D trajectories (dim={dim}); the models are 3D only "
+                         f"(cross products and 3x3 subdeterminants): 2D is not supported by the model "
+                         f"yet. Simulate 3D data, e.g. `invattn simulate preset=paper`")
 
 
 class NBodyTask:
@@ -32,6 +53,8 @@ class NBodyTask:
         self.batch_size = int(cfg.train.batch_size)
         self.eval_batch_size = int(cfg.train.eval_batch_size)
         self.augment = bool(data.augment_rotations)
+        for name in (data.train_file, data.test_file):
+            require_3d(root / name)
         self.train_set = NBodyWindows(root / data.train_file, delta_frames=data.delta_frames,
                                       train=True, max_sims=data.max_train_sims, seed=self.seed)
         self.test_set = NBodyWindows(root / data.test_file, delta_frames=data.delta_frames,

@@ -3,7 +3,8 @@
 Targets are normalized with the mean and standard deviation of the training split only; the
 statistics are saved in the checkpoint (``task_state``).  Loss: L1 on the normalized target.
 Metrics: MAE on the validation and test splits in the paper's units (meV for homo, lumo, gap;
-D for mu; bohr^3 for alpha; cal/(mol K) for Cv).
+D for mu; bohr^3 for alpha; cal/(mol K) for Cv), beside the MAE of the mean predictor (always
+the training-split mean): a model that does not beat it has learnt nothing.
 """
 from __future__ import annotations
 
@@ -15,7 +16,25 @@ from pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
 from pipeline.qm9.units import PAPER_UNITS, to_paper_units
 from pipeline.training.rotations import random_rotations
 
-__all__ = ["QM9Task"]
+__all__ = ["QM9Task", "metric_units", "describe_metrics"]
+
+
+SPLITS = ("valid", "test")
+
+
+def metric_units(target: str) -> dict[str, str]:
+    """Unit of every MAE metric of ``target`` (``{"valid_mae": "meV", ...}``)."""
+    unit = PAPER_UNITS.get(target, "source units")
+    return {f"{s}{kind}_mae": unit for s in SPLITS for kind in ("", "_mean_predictor")}
+
+
+def describe_metrics(target: str, metrics: dict) -> str:
+    """One line: the MAEs with their unit, beside the mean-predictor baseline."""
+    unit = PAPER_UNITS.get(target, "source units")
+    parts = [f"{s} MAE {metrics[f'{s}_mae']:.4g} {unit} (mean predictor "
+             f"{metrics[f'{s}_mean_predictor_mae']:.4g} {unit})"
+             for s in SPLITS if f"{s}_mae" in metrics and f"{s}_mean_predictor_mae" in metrics]
+    return f"{target}: " + ", ".join(parts) if parts else ""
 
 
 class QM9Task:
@@ -40,6 +59,7 @@ class QM9Task:
         self.mean, self.std = float(mean), float(std) if float(std) > 0 else 1.0
         self.model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
         self.unit = PAPER_UNITS.get(self.target, "source units")
+        self.metric_units = metric_units(self.target)
 
     def build_model(self):
         from models import QM9Model
@@ -78,13 +98,16 @@ class QM9Task:
         for split, data in self.eval_sets.items():
             if len(data) == 0:
                 continue
-            err, n = 0.0, 0
+            err, base, n = 0.0, 0.0, 0
             for batch in DataLoader(data, batch_size=self.eval_batch_size, collate_fn=collate_qm9):
                 b = self._to(batch, device)
                 pred = self._predict(model, b).double().cpu() * self.std + self.mean
-                diff = to_paper_units(self.target, pred) - to_paper_units(self.target, batch["target"].double())
-                err, n = err + diff.abs().sum().item(), n + len(diff)
+                truth = to_paper_units(self.target, batch["target"].double())
+                err += (to_paper_units(self.target, pred) - truth).abs().sum().item()
+                base += (to_paper_units(self.target, self.mean) - truth).abs().sum().item()
+                n += len(truth)
             out[f"{split}_mae"] = err / n
+            out[f"{split}_mean_predictor_mae"] = base / n
         return out
 
     def state_dict(self) -> dict:
