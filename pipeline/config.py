@@ -111,6 +111,7 @@ KEY_TYPES: dict[str, dict[str, str]] = {
 _TRAIN_TYPES = {
     "preset": _SQL, "model.subdeterminants": "int | 'all'", "model.cross_products": "int | 'all'",
     "train.grad_clip": "float | null", "train.progress": "bool | str",
+    "model.cutoff": "float | null", "model.cutoff_inner": "float | null",
 }
 KEY_TYPES["train_nbody"] = {**_TRAIN_TYPES, "data.max_train_sims": "int | null",
                             "data.max_test_sims": "int | null"}
