@@ -146,7 +146,8 @@ def test_training_on_2d_data_is_refused_up_front(tmp_path, capsys):
     assert cli(["train", f"data.dir={data}", f"run_dir={run}", "train.epochs=1"]) == 2
     line = one_error_line(capsys, "train")
     assert "holds 2D trajectories" in line and "2D is not supported by the model yet" in line
-    assert not run.exists()  # refused before any run folder, model or data loading
+    # Refused before the model is built or anything is written (the run lock aside).
+    assert not [p.name for p in run.glob("*") if p.name != ".lock"]
 
     from sweeps.runner import check_data
 
