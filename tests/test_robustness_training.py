@@ -61,7 +61,8 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(nb
     script = textwrap.dedent(f"""
         import contextlib, io, json, os
         from pipeline.cli import main
-                err = io.StringIO()
+        from pipeline.training.checkpoint import load_checkpoint
+        err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             rc = main(["train", "data.dir={nbody_tiny}", "run_dir={mnt}/run", "train.epochs=3",
                        *{TINY!r}])
