@@ -163,22 +163,40 @@ class EquivariantAttention(nn.Module):
         scalars = mlp.project(hidden, t * (k_node + k_pair), t * (k_node + k_pair) + shape.scalars)
         return Features(vectors, scalars)
 
+    def queries(self, features: Features) -> Tensor:
+        """Flattened queries per head (eq. 1, 9): ``Features([..., T, 3], [..., L]) -> [..., H, d]``."""
+        query = self.query(features)
+        return self._flatten_heads(query.vectors, query.scalars)
+
+    def keys_values(self, features: Features, relative_positions: Tensor,
+                    edge_features: Tensor) -> tuple[Tensor, Features]:
+        """Keys (eq. 2, flattened per head as in eq. 10) and values (eq. 3) of every pair.
+
+        Shared by the dense layer and the edge-list layer
+        (:class:`~models.sparse_attention.SparseEquivariantAttention`, which passes its edges as
+        the neighbour axis of a batch of one: ``[1, E, 1, ...]``).
+
+        Shapes
+        ------
+        ``features`` ``([B, N_j, T, 3], [B, N_j, L])``, ``relative_positions [B, N_j, N_i, 3]``,
+        ``edge_features [B, N_j, N_i, E]`` -> keys ``[B, N_j, N_i, H, d]``, values
+        ``Features([B, N_j, N_i, T', 3], [B, N_j, N_i, L'])``.
+        """
+        inputs = self.neighbours(features, relative_positions, edge_features)
+        node_invariants = inputs.node_invariants.unsqueeze(2)  # [B, N_j, 1, D]: broadcast over i
+        key = self._combine(self.key, self.key.hidden_split(node_invariants, inputs.pair_invariants),
+                            self.query_shape, inputs)  # eq. 2
+        value = self._combine(self.value, self.value.hidden_split(node_invariants, inputs.pair_invariants),
+                              self.out_shape, inputs)  # eq. 3
+        return self._flatten_heads(key.vectors, key.scalars), value
+
     def forward(self, features: Features, relative_positions: Tensor, edge_features: Tensor,
                 mask: Tensor) -> Features:
         h = self.heads
-        query = self.query(features)  # eq. 1
-        query = self._flatten_heads(query.vectors, query.scalars).unsqueeze(1)  # [B, 1, N_i, H, d]
-        inputs = self.neighbours(features, relative_positions, edge_features)
-        node_invariants = inputs.node_invariants.unsqueeze(2)  # [B, N_j, 1, D]: broadcast over i
-
-        key = self._combine(self.key, self.key.hidden_split(node_invariants, inputs.pair_invariants),
-                            self.query_shape, inputs)  # eq. 2
-        key = self._flatten_heads(key.vectors, key.scalars)  # [B, N_j, N_i, H, d] (eq. 10)
+        query = self.queries(features).unsqueeze(1)  # eq. 1, [B, 1, N_i, H, d]
+        key, value = self.keys_values(features, relative_positions, edge_features)  # eq. 2-3, 10
         logits = (query * key).sum(-1) * self.scale  # eq. 11, [B, N_j, N_i, H]
         weights = masked_softmax(logits, mask[:, :, None, None], dim=1)  # over neighbours j
-
-        value = self._combine(self.value, self.value.hidden_split(node_invariants, inputs.pair_invariants),
-                              self.out_shape, inputs)  # eq. 3
         out_vectors = (value.vectors.unflatten(-2, (h, -1)) * weights[..., None, None]).sum(1)  # eq. 12
         out_scalars = (value.scalars.unflatten(-1, (h, -1)) * weights[..., None]).sum(1)
         return Features(out_vectors.flatten(-3, -2), out_scalars.flatten(-2)).masked(mask)

@@ -110,22 +110,14 @@ class SparseEquivariantAttention(EquivariantAttention):
                 edge_features: Tensor, edge_weights: Tensor | None = None) -> Features:
         n, h = features.vectors.shape[0], self.heads
         source, target = edge_index[0], edge_index[1]
-        query = self.query(features)  # eq. 1, per node
-        query = self._flatten_heads(query.vectors, query.scalars)  # [n, H, d]
-
-        # Keys and values per edge through the dense code path, with the edges as the
+        query = self.queries(features)  # eq. 1, per node: [n, H, d]
+        # Keys and values per edge through the dense layer's code, with the edges as the
         # neighbour axis of a batch of one: [1, E (as j), 1 (as i), ...].
         senders = Features(features.vectors.index_select(0, source)[None],
                            features.scalars.index_select(0, source)[None])
-        inputs = self.neighbours(senders, relative_positions[None, :, None], edge_features[None, :, None])
-        node_invariants = inputs.node_invariants.unsqueeze(2)
-        key = self._combine(self.key, self.key.hidden_split(node_invariants, inputs.pair_invariants),
-                            self.query_shape, inputs)  # eq. 2
-        key = self._flatten_heads(key.vectors, key.scalars)[0, :, 0]  # [E, H, d]
-        logits = (query.index_select(0, target) * key).sum(-1) * self.scale  # eq. 11, [E, H]
-
-        value = self._combine(self.value, self.value.hidden_split(node_invariants, inputs.pair_invariants),
-                              self.out_shape, inputs)  # eq. 3
+        key, value = self.keys_values(senders, relative_positions[None, :, None],
+                                      edge_features[None, :, None])  # eq. 2-3
+        logits = (query.index_select(0, target) * key[0, :, 0]).sum(-1) * self.scale  # eq. 11, [E, H]
         t, l = self.out_shape.vectors, self.out_shape.scalars
         value_vectors = value.vectors[0, :, 0].unflatten(-2, (h, -1)).flatten(-2)  # [E, H, 3 T'/H]
         value_scalars = value.scalars[0, :, 0].unflatten(-1, (h, -1))  # [E, H, L'/H]
