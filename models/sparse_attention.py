@@ -17,6 +17,8 @@ number of edges; there is no loop over nodes or edges.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -59,16 +61,25 @@ def scatter_switched_softmax_sum(logits: Tensor, weights: Tensor | None, target:
 
     Notes
     -----
-    Logits are shifted by their per-target maximum (detached: softmax does not depend on the
-    shift) before ``exp``, exactly as a dense softmax does.
+    Computed as ``p_e = w_e exp(l_e - m_i)`` with ``m_i = max_e (l_e + log w_e)`` over the edges
+    into ``i`` (detached: the result does not depend on the shift). Shifting by the largest
+    *weighted* term, not the largest logit, keeps that term at exactly 1, so the denominator is
+    at least 1: a pair of weight 0 (at the cutoff) with by far the largest logit cannot make every
+    other term underflow and the node's output collapse to 0. With every ``w = 1`` this is the
+    usual max-shifted softmax. The exponent is capped below the dtype's overflow, which can only
+    bind for pairs whose weight is below ``exp(-78)`` (float32), i.e. within rounding of the cutoff.
     """
     h = logits.shape[1]
-    shift = logits.new_full((n_nodes, h), torch.finfo(logits.dtype).min)
-    shift = shift.scatter_reduce(0, target[:, None].expand(-1, h), logits.detach(), "amax",
-                                 include_self=False)
-    p = torch.exp(logits - shift.index_select(0, target))
+    scores = logits.detach()
     if weights is not None:
-        p = p * weights[:, None]
+        scores = scores + torch.log(weights.detach())[:, None]  # -inf for w = 0: never the max
+    shift = logits.new_full((n_nodes, h), -torch.inf)
+    shift = shift.scatter_reduce(0, target[:, None].expand(-1, h), scores, "amax", include_self=False)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # nodes without weight
+    exponent = logits - shift.index_select(0, target)
+    p = torch.exp(exponent.clamp(max=math.log(torch.finfo(logits.dtype).max) - 10.0))
+    if weights is not None:  # weight-0 pairs contribute exactly 0, with zero (not inf * 0) gradients
+        p = torch.where(weights[:, None] > 0, p * weights[:, None], torch.zeros_like(p))
     denominator = logits.new_zeros(n_nodes, h).index_add_(0, target, p)
     numerator = values.new_zeros(n_nodes, h, values.shape[-1]).index_add_(0, target, p[..., None] * values)
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models import NBodyModel, QM9Model, build_model
+from models.sparse_attention import scatter_switched_softmax_sum
 from test_models_equivariance import SMALL_NBODY, SMALL_QM9, random_rotation, reflection
 
 F64 = torch.float64
@@ -220,6 +221,30 @@ def test_outputs_and_gradients_are_continuous_across_the_cutoff(group):
     # inside the switching band the pair does matter (so the checks above are not vacuous)
     inside, _ = at(0.5 * (inner + cutoff))
     assert float((inside[others] - far[others]).abs().max()) > 1e-6
+
+
+def test_switched_softmax_matches_reference_and_survives_extreme_logits():
+    g = torch.Generator().manual_seed(0)
+    target = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    logits = torch.randn(8, 2, generator=g, dtype=F64) * 3
+    weights = torch.rand(8, generator=g, dtype=F64)
+    values = torch.randn(8, 2, 5, generator=g, dtype=F64)
+    out = scatter_switched_softmax_sum(logits, weights, target, 5, values)
+    for i in range(4):
+        sel = target == i
+        a = weights[sel, None] * logits[sel].exp()
+        ref = (a[..., None] * values[sel]).sum(0) / a.sum(0)[..., None]
+        assert float((out[i] - ref).abs().max()) < 1e-14
+    assert float(out[4].abs().max()) == 0.0  # a node without edges gets 0, not NaN
+    # float32: a weight-0 pair (at the cutoff) with a logit 200 above the self-loop's must not
+    # underflow the self-loop's term and zero the output
+    logits = torch.tensor([[0.0], [200.0]], requires_grad=True)
+    weights = torch.tensor([1.0, 0.0], requires_grad=True)
+    values = torch.tensor([[[1.0, 2.0]], [[5.0, 7.0]]])
+    out = scatter_switched_softmax_sum(logits, weights, torch.tensor([0, 0]), 1, values)
+    assert out[0, 0].tolist() == [1.0, 2.0]
+    out.sum().backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(weights.grad).all()
 
 
 # --- isolated nodes, ragged batches -----------------------------------------------------------
