@@ -36,8 +36,10 @@ as requeued) and requeues the job.  The requeued job (also one requeued by SLURM
 ``SLURM_RESTART_COUNT > 0``) resumes the sweep (``resume=true``) when Tune had saved its state,
 and starts it afresh otherwise.
 
-Without accounting (``sacct`` fails) submitit reports the state UNKNOWN; the launcher waits on
-the result files and on ``squeue`` instead, so results still come back.
+Without accounting (``sacct`` fails) submitit reports the state UNKNOWN and its own wait cannot
+tell a dead job from a running one; :func:`wait_result` waits on the result files and asks
+``scontrol`` / ``squeue`` (:mod:`sweeps.slurm_wait`), so results still come back and a job that
+ended without them fails at once with its log tail.
 """
 from __future__ import annotations
 
@@ -57,13 +59,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-__all__ = ["launch", "submit", "SweepJob", "experiment_path", "can_resume", "port_base"]
+from sweeps.slurm_wait import JobStatus, SlurmJobError, log_tail, wait_job
+
+__all__ = ["launch", "submit", "wait_result", "SweepJob", "experiment_path", "can_resume", "port_base"]
 
 # Seconds a node may take to start and join (same knob as slurm/lib/ray_cluster.sh).
 START_TIMEOUT_S = float(os.environ.get("RAY_START_TIMEOUT", 180))
-# Job states after which no result will come (PREEMPTED is not: a requeued job goes on).
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-            "BOOT_FAIL", "DEADLINE"}
 
 
 # ---- shared with slurm/sweep.sh --------------------------------------------------------------
@@ -617,46 +618,55 @@ def submit(sweep_cfg: DictConfig, train_cfg: DictConfig):
         raise ValueError(f"the job was not submitted: {str(exc).strip()}") from exc
 
 
-def _squeue(job_id: str) -> tuple[str, str]:
-    """(state, node list) of a job from squeue (works without accounting); ('', '') when the
-    controller no longer knows it."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %N"],
-                         capture_output=True, text=True, timeout=60).stdout.split()
-    return (out[0], out[1] if len(out) > 1 else "") if out else ("", "")
+def _time_budget_s(sub: DictConfig) -> float:
+    """Last-resort bound on the time a sweep job may spend out of PENDING: every allowed run up to
+    its time limit, plus 5 minutes each for starting and stopping."""
+    return (int(sub.max_requeues) + 1) * (float(sub.timeout_min) * 60 + 300)
 
 
-def _wait(job, on_slurm: bool, base: int) -> None:
-    """Block until every task has written its result, or SLURM says the job is over.
+def wait_result(job, *, timeout: float | None = None, on_status=None):
+    """Wait until every task of the submitted sweep ``job`` has written its result; return
+    task 0's (the best-trial record of :func:`sweeps.runner.run_sweep`).
 
-    Not ``job.wait()``: without accounting it cannot tell a dead job from a running one.
+    Not ``job.result()`` alone: without accounting submitit cannot tell a dead SLURM job from a
+    running one and would wait forever.  Here a job that ended or left the queue without its
+    results (cancelled, failed at launch, node failure, out of memory) fails at once.
+
+    Parameters
+    ----------
+    timeout : float or None
+        Last resort: seconds the job may spend out of PENDING (a busy queue is no fault);
+        None waits as long as SLURM keeps the job alive.
+    on_status : callable, optional
+        Called with each :class:`sweeps.slurm_wait.JobStatus` read from SLURM.
+
+    Raises
+    ------
+    SlurmJobError
+        One line: job id, state and the end of the job's stderr / stdout.
+    submitit.core.utils.UncompletedJobError
+        A local job (no SLURM) ended without a result.
+    submitit.core.utils.FailedJobError
+        The job's function raised (its traceback).
     """
+    import submitit
+    from submitit.core.utils import UncompletedJobError
+
     pickles = [job.task(i).paths.result_pickle for i in range(job.num_tasks)]
-    last_check, told_nodes, gone_since = 0.0, False, None
-    while not all(p.exists() for p in pickles):
-        if not on_slurm:
+    paths = job.task(0).paths
+    if isinstance(job, submitit.SlurmJob):
+        wait_job(job.job_id, done=lambda: all(p.exists() for p in pickles),
+                 logs=[paths.stderr, paths.stdout], timeout=timeout, count_pending=False,
+                 on_status=on_status)
+    else:
+        while not all(p.exists() for p in pickles):
             if job.done():
-                return
-        elif time.monotonic() - last_check > 5:
-            last_check = time.monotonic()
-            state, nodes = _squeue(job.job_id)
-            if state == "RUNNING" and nodes and not told_nodes:
-                told_nodes = True
-                head = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
-                                      text=True).stdout.split() or [nodes]
-                print(f"job {job.job_id} running on {nodes}; Ray dashboard: "
-                      f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {head[0]}", flush=True)
-            if state in TERMINAL or not state:
-                gone_since = gone_since or time.monotonic()
-                if time.monotonic() - gone_since > 15:   # result files may lag on shared filesystems
-                    return
-        time.sleep(1)
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
+                if not all(p.exists() for p in pickles):
+                    raise UncompletedJobError(f"local job {job.job_id} ended without a result; log tail: "
+                                              f"{log_tail([paths.stderr, paths.stdout])}")
+                break
+            time.sleep(1)
+    return job.task(0).result()
 
 
 def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
@@ -693,21 +703,28 @@ def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
         return 0
     print(f"waiting for job {job.job_id} (Ctrl-C stops waiting, not the job"
           + (f"; cancel it with scancel {job.job_id})" if on_slurm else ")"), flush=True)
+    told_nodes = False
+
+    def show_nodes(status: JobStatus) -> None:
+        nonlocal told_nodes
+        if status.state == "RUNNING" and status.nodes and not told_nodes:
+            told_nodes = True
+            head = subprocess.run(["scontrol", "show", "hostnames", status.nodes], capture_output=True,
+                                  text=True).stdout.split() or [status.nodes]
+            print(f"job {job.job_id} running on {status.nodes}; Ray dashboard: "
+                  f"ssh -N -L 8265:127.0.0.1:{_dashboard_port(base)} {head[0]}", flush=True)
+
     try:
-        _wait(job, on_slurm, base)
-        if not job.task(0).paths.result_pickle.exists():
-            # Killed without a result (cancelled, node failure, out of memory): submitit's own
-            # wait would poll sacct forever here without accounting.
-            state = _squeue(job.job_id)[0] if on_slurm else "ended"
-            print(f"invattn sweep: job {job.job_id} ended ({state or 'gone from squeue'}) without a "
-                  f"result; the end of its log {task0.stderr}:\n{_tail(task0.stderr)}", file=sys.stderr)
-            token.unlink(missing_ok=True)   # the job is over; a cancelled job does not clean up
-            return 1
-        best = job.task(0).result()
+        best = wait_result(job, timeout=_time_budget_s(sub), on_status=show_nodes)
     except KeyboardInterrupt:
         print(f"\nstopped waiting; job {job.job_id} keeps running (logs above)", file=sys.stderr)
         return 130
-    except (FailedJobError, UncompletedJobError) as exc:
+    except (SlurmJobError, UncompletedJobError) as exc:
+        # Over without a result (cancelled, failed launch, node failure, out of memory).
+        print(f"invattn sweep: {exc}", file=sys.stderr)
+        token.unlink(missing_ok=True)   # the job is over; a cancelled job does not clean up
+        return 1
+    except FailedJobError as exc:
         print(f"invattn sweep: job {job.job_id} failed:\n{exc}", file=sys.stderr)
         return 1
     metrics = " ".join(f"{k}={best['metrics'][k]:.4g}" for k in sweep_cfg.report_metrics

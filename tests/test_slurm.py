@@ -10,32 +10,25 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from sweeps.slurm_wait import SlurmJobError, job_status, wait_job as wait_slurm_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["--oversubscribe", "--time=5"]
 USABLE = {"idle", "mixed", "allocated", "completing"}
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-            "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
-def wait_job(job: str, timeout: float = 240) -> int:
-    """Wait for ``job`` and return its exit status, like ``sbatch --wait`` but polling twice
-    a second (sbatch --wait backs off to half a minute between polls)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
-                              text=True).stdout
-        fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
-        if fields.get("JobState") in TERMINAL:
-            code, sig = (int(x) for x in fields["ExitCode"].split(":"))
-            return 0 if fields["JobState"] == "COMPLETED" else (code or (128 + sig if sig else 1))
-        assert time.monotonic() < deadline, f"job {job} not finished in {timeout} s: {info}"
-        time.sleep(0.5)
+def wait_job(job: str, logs: list[Path] = (), timeout: float = 240) -> int:
+    """Wait for ``job`` and return its exit status, like ``sbatch --wait`` but polling every
+    second (sbatch --wait backs off to half a minute between polls); a job that leaves the queue
+    or is held for good fails the test at once with its log tail."""
+    return wait_slurm_job(job, logs=logs, timeout=timeout).exit_status
 
 
 def sbatch_wait(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240):
@@ -44,7 +37,8 @@ def sbatch_wait(*args: str, cwd: Path, env: dict | None = None, timeout: float =
                           capture_output=True, text=True, timeout=60)
     job = proc.stdout.strip().split(";")[0]
     assert proc.returncode == 0 and job.isdigit(), f"sbatch failed: {proc.stdout!r} {proc.stderr!r}"
-    return job, wait_job(job, timeout)
+    logs = [cwd / a.split("=", 1)[1] for a in args if a.startswith(("--output=", "--error="))]
+    return job, wait_job(job, logs, timeout)
 
 
 def test_dev_cluster_has_two_usable_one_cpu_nodes(slurm_cluster):
@@ -111,6 +105,75 @@ def test_two_node_job_gets_one_task_on_each_node(slurm_cluster, tmp_path):
     assert rc == 0, out
     tasks = sorted(tuple(line.split()) for line in out.splitlines() if line.strip())
     assert tasks == [("0", "n1", "2"), ("1", "n2", "2")], out
+
+
+def test_requeued_job_starts_again_by_itself_after_a_short_hold(slurm_cluster, tmp_path):
+    """SLURM holds a requeued job until the old run's credential revocation has expired
+    (releasing it earlier races the revocation: "Job credential revoked" at launch, issue 16).
+    The dev cluster makes that hold short (AuthInfo=cred_expire=15), so nobody needs to release
+    the job: it runs again by itself within a backfill pass or so of the hold."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    authinfo = next(line for line in config.splitlines() if line.startswith("AuthInfo"))
+    assert "cred_expire=15" in authinfo, authinfo
+    proc = subprocess.run(["sbatch", "--parsable", *JOB, "--requeue", "--output=rq.out", "--wrap",
+                           'echo "run ${SLURM_RESTART_COUNT:-0}"; [ "${SLURM_RESTART_COUNT:-0}" = 1 ] || sleep 240'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    job = proc.stdout.strip().split(";")[0]
+    assert proc.returncode == 0 and job.isdigit(), proc.stderr
+    log = tmp_path / "rq.out"
+    deadline = time.monotonic() + 120
+    while "run 0" not in (log.read_text() if log.exists() else ""):
+        status = job_status(job)
+        assert status and not status.terminal and time.monotonic() < deadline, (status, log)
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    requeued_at = time.monotonic()
+    while True:
+        status = job_status(job)
+        if status and status.restarts >= 1 and status.state == "PENDING":
+            break
+        assert status and time.monotonic() - requeued_at < 60, status
+        time.sleep(0.2)
+    info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                          timeout=60).stdout
+    held = dict(f.split("=", 1) for f in info.split() if "=" in f)
+    # The hold ends cred_expire + 1 s after the requeue (not 121 s as with Slurm's default).
+    hold_s = datetime.fromisoformat(held["EligibleTime"]).timestamp() - time.time()
+    assert held["Reason"] == "BeginTime" and hold_s <= 17, held
+    final = wait_slurm_job(job, logs=[log], timeout=150)
+    assert final.state == "COMPLETED" and final.restarts == 1, final
+    assert log.read_text().split()[-2:] == ["run", "1"], log.read_text()
+
+
+def test_wait_fails_at_once_for_a_job_that_ends_without_its_result(slurm_cluster, tmp_path):
+    """A job that fails, or is cancelled, before writing what the caller waits for ends the wait
+    with one line: job id, state, exit code and the end of the job's logs (issue 16: such a
+    wait used to last until the test's own timeout)."""
+    result = tmp_path / "result.txt"
+    proc = subprocess.run(["sbatch", "--parsable", *JOB, "--output=fail.out", "--error=fail.err", "--wrap",
+                           "echo computing; echo 'no input here' >&2; exit 3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    job = proc.stdout.strip()
+    assert proc.returncode == 0 and job.isdigit(), proc.stderr
+    with pytest.raises(SlurmJobError) as failed:
+        wait_slurm_job(job, done=result.exists, logs=[tmp_path / "fail.err", tmp_path / "fail.out"],
+                       timeout=200)
+    msg = str(failed.value)
+    assert "\n" not in msg and "last-resort" not in msg, msg
+    assert f"SLURM job {job} ended FAILED" in msg and "exit 3:0" in msg, msg
+    assert "no input here" in msg and "computing" in msg, msg
+    assert failed.value.status.exit_status == 3
+
+    proc = subprocess.run(["sbatch", "--parsable", *JOB, "--output=long.out", "--wrap", "sleep 240"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    job = proc.stdout.strip()
+    subprocess.run(["scancel", job], check=True, timeout=60)
+    with pytest.raises(SlurmJobError, match=f"SLURM job {job} ended CANCELLED.* without a result"):
+        wait_slurm_job(job, done=result.exists, logs=[tmp_path / "long.out"], timeout=200)
+    # A job SLURM does not know (any more): gone, so no result will come.
+    with pytest.raises(SlurmJobError, match="SLURM job 99999999 left the queue"):
+        wait_slurm_job("99999999", timeout=200)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as cli
+from sweeps.slurm_wait import wait_job
 
 ROOT = Path(__file__).resolve().parents[1]
 REGEN = ROOT / "slurm" / "regenerate_nbody.sh"
@@ -91,10 +92,9 @@ def test_resubmission_after_scancel_computes_only_missing_shards(slurm_cluster, 
     assert run.returncode == 0, run.stdout + run.stderr
     array, merge = job_ids(run.stdout)
     first_done = out / f"test.shard-00000-of-{K:05d}.h5"   # a task writes train, then test
-    deadline = time.monotonic() + 120
-    while not first_done.exists():
-        assert time.monotonic() < deadline, f"shard 0 not finished in 120 s; queue: {queued(array, merge)}"
-        time.sleep(0.1)
+    # Fails at once if the array ends (or leaves the queue) without writing shard 0.
+    wait_job(f"{array}_0", done=first_done.exists, logs=[out / "logs" / f"simulate-{array}_0.out"],
+             poll=0.1, timeout=120)
     subprocess.run(["scancel", array], check=True)
     # The merge job depended on the array (afterok): --kill-on-invalid-dep removes it.
     deadline = time.monotonic() + 60

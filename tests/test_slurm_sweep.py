@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipeline.cli import main as cli
-from sweeps import submitit_launcher
+from sweeps import slurm_wait, submitit_launcher
 from sweeps.cli import load_sweep_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["train_preset=demo", "search.lr=[1e-3,3e-3]", "train.epochs=1", "train.tensorboard=false",
          "verbose=0"]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-            "BOOT_FAIL", "DEADLINE"}
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +35,10 @@ def smoke_data(tmp_path_factory) -> Path:
     return out
 
 
-def job_state(job: str) -> tuple[str, str]:
-    """(JobState, ExitCode) from scontrol (no accounting on the dev cluster)."""
-    info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
-    fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
-    return fields.get("JobState", ""), fields.get("ExitCode", "")
-
-
-def wait_job(job: str, timeout: float = 240) -> str:
-    """Like ``sbatch --wait`` but polling twice a second; returns the final JobState."""
-    deadline = time.monotonic() + timeout
-    while (state := job_state(job)[0]) not in TERMINAL:
-        assert time.monotonic() < deadline, f"job {job} not finished in {timeout} s (state {state})"
-        time.sleep(0.5)
-    return state
+def wait_job(job: str, log: Path, timeout: float = 240) -> str:
+    """Like ``sbatch --wait`` but polling every second; returns the final JobState.  A job that
+    leaves the queue, or is held for good, fails at once with the tail of ``log``."""
+    return slurm_wait.wait_job(job, logs=[log], timeout=timeout).state
 
 
 def ok_table(results: Path, n: int, epochs: int) -> pd.DataFrame:
@@ -79,7 +67,7 @@ def test_sweep_sh_smoke_on_two_nodes(slurm_cluster, smoke_data, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     job = proc.stdout.strip().split(";")[0]
     assert proc.returncode == 0 and job.isdigit(), proc.stderr
-    state = wait_job(job)
+    state = wait_job(job, tmp_path / "sweep.out")
     log = (tmp_path / "sweep.out").read_text()
     assert state == "COMPLETED", log[-4000:]
     assert "ray: all 2 node(s) joined" in log and "driver exited with status 0" in log, log[-3000:]
@@ -123,7 +111,7 @@ def test_submitit_launcher_on_two_nodes_returns_best_trial(slurm_cluster, smoke_
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(450)
 def test_submitit_job_requeued_on_time_limit_resumes_the_sweep(slurm_cluster, smoke_data, tmp_path):
     """The time-limit signal (USR2, what SLURM sends signal_delay_s before the limit) makes the
     job checkpoint and requeue itself; the requeued job resumes the sweep from Tune's state."""
@@ -134,23 +122,19 @@ def test_submitit_job_requeued_on_time_limit_resumes_the_sweep(slurm_cluster, sm
          "submitit.additional={oversubscribe: true}", *SMOKE, "train.epochs=20"])
     job, token = submitit_launcher.submit(sweep_cfg, train_cfg)
     exp = submitit_launcher.experiment_path(sweep_cfg)
-    deadline = time.monotonic() + 150
-    while not list(exp.glob("*/checkpoint_*")):            # a trial has saved its first epoch
-        assert time.monotonic() < deadline and job_state(job.job_id)[0] not in TERMINAL, \
-            (folder / f"{job.job_id}_0_log.out").read_text()[-3000:]
-        time.sleep(0.3)
+    logs = [folder / f"{job.job_id}_0_log.err", folder / f"{job.job_id}_0_log.out"]
+    # Until a trial has saved its first epoch; a job that ends first fails here at once.
+    slurm_wait.wait_job(job.job_id, done=lambda: bool(list(exp.glob("*/checkpoint_*"))), logs=logs,
+                        poll=0.3, timeout=150)
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=60)
-    # SLURM holds a requeued job for two minutes (BeginTime); release it now.
-    deadline = time.monotonic() + 60
-    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%r"],
-                                            capture_output=True, text=True).stdout:
-        assert time.monotonic() < deadline, "the job was not requeued"
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True, timeout=60)
-    best = job.task(0).result()     # waits on the result file; sacct is not needed
+    # The job checkpoints and requeues itself; SLURM holds it until the old run's credential
+    # revocation expires (cred_expire=15 on the dev cluster), then starts it again.  Releasing
+    # it earlier (StartTime=now) raced that revocation and killed the new run (issue 16).
+    best = submitit_launcher.wait_result(job, timeout=300)   # fails at once if the job dies
     log = (folder / f"{job.job_id}_0_log.out").read_text()
     assert "Requeued job" in log and "requeued job: resuming the sweep" in log, log[-4000:]
     assert "resuming sweep from" in log
+    assert slurm_wait.job_status(job.job_id).restarts == 1
     table = ok_table(results / "rq", n=2, epochs=20)
     assert best["metrics"]["test_mse_x"] == pytest.approx(table.test_mse_x.min())
     # The interrupted trial went on in the requeued job from its last saved checkpoint, not
@@ -166,6 +150,26 @@ def test_submitit_job_requeued_on_time_limit_resumes_the_sweep(slurm_cluster, sm
     assert 1 < after[0] <= before[-1] + 1, resumed
     assert not token.exists()
     no_ray_left(job.job_id)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_wait_result_fails_at_once_when_the_job_dies_without_a_result(slurm_cluster, tmp_path):
+    """A submitit job killed before it writes its result (here it exits at once, as an
+    out-of-memory kill or a failed launch would end it) ends the launcher's wait at once, in
+    one line with the job id, its state and its log tail -- not at a timeout (issue 16)."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=tmp_path / "submitit")
+    executor.update_parameters(time=5, nodes=1, ntasks_per_node=1, cpus_per_task=1,
+                               additional_parameters={"oversubscribe": True})
+    job = executor.submit(os._exit, 7)
+    with pytest.raises(slurm_wait.SlurmJobError) as failed:
+        submitit_launcher.wait_result(job, timeout=200)
+    msg = str(failed.value)
+    assert "\n" not in msg and "last-resort" not in msg, msg
+    assert re.search(rf"^SLURM job {job.job_id} ended FAILED \(.*exit 7:0\) without a result; log tail: ", msg), msg
+    assert f"{job.job_id}_0_log.err: " in msg and "Loading pickle" in msg, msg
 
 
 @pytest.mark.slow
