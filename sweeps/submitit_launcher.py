@@ -544,7 +544,8 @@ def _validate(sweep_cfg: DictConfig, train_cfg: DictConfig, cpus: int) -> None:
         raise ValueError(f"submitit.nodes and submitit.cpus_per_node must be >= 1 and gpus_per_node >= 0 "
                          f"(got {sub.nodes}, {cpus}, {sub.gpus_per_node})")
     if float(sweep_cfg.resources.cpus_per_trial) > cpus:
-        raise ValueError(f"resources.cpus_per_trial={sweep_cfg.resources.cpus_per_trial} exceeds "
+        # :g -- the typed config holds a float; name it as the user wrote it (2, not 2.0).
+        raise ValueError(f"resources.cpus_per_trial={float(sweep_cfg.resources.cpus_per_trial):g} exceeds "
                          f"submitit.cpus_per_node={cpus}: no trial could ever start")
     if not Path(train_cfg.data.dir).is_dir():
         raise FileNotFoundError(f"data.dir={train_cfg.data.dir} does not exist (make it with `invattn simulate`)")
