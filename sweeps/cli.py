@@ -61,7 +61,7 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
 
 # What may differ when resuming: where and how the sweep runs, not what it computes.
 RESUME_KEYS = ("resume", "name", "results_dir", "storage_path", "launcher", "ray", "submitit",
-               "verbose", "preset", "task", "train_preset")
+               "verbose", "allow_failed_trials", "preset", "task", "train_preset")
 
 
 def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: list[str]):
@@ -86,7 +86,7 @@ def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: lis
         raise ValueError(f"resume=true continues sweep {sweep_cfg.name!r} with its saved settings "
                          f"({folder}/sweep.yaml, train.yaml); it cannot change {', '.join(changed)}")
     saved = OmegaConf.load(folder / "sweep.yaml")
-    for key in ("resume", "launcher", "ray", "submitit", "verbose", "storage_path"):
+    for key in ("resume", "launcher", "ray", "submitit", "verbose", "storage_path", "allow_failed_trials"):
         saved[key] = sweep_cfg[key]
     train_cfg = OmegaConf.load(folder / "train.yaml")
     OmegaConf.set_struct(saved, True)

@@ -13,13 +13,54 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-__all__ = ["connect", "token_path", "set_auth_mode", "free_port"]
+__all__ = ["connect", "token_path", "ensure_token_file", "set_auth_mode", "free_port"]
 
 
 def token_path() -> Path:
     """Where this process's Ray token is read from."""
     env = os.environ.get("RAY_AUTH_TOKEN_PATH")
     return Path(env) if env else Path.home() / ".ray" / "auth_token"
+
+
+def ensure_token_file(*, create: bool) -> None:
+    """Make sure the token Ray will read exists and only its owner can read it (mode 600).
+
+    The token guards a dashboard that can submit jobs.  Ray itself would create
+    ``~/.ray/auth_token`` with the default umask (world-readable), so a missing default token
+    is created here first, in a folder of mode 700; an existing one readable by others is
+    narrowed to 600.  ``$RAY_AUTH_TOKEN`` (the token itself) needs no file.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``$RAY_AUTH_TOKEN_PATH`` names a file that does not exist, or (``create=False``, when
+        joining a cluster) the default token file is missing.
+    """
+    import stat
+
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = token_path()
+    if os.environ.get("RAY_AUTH_TOKEN_PATH") and not path.is_file():
+        raise FileNotFoundError(f"RAY_AUTH_TOKEN_PATH={path} does not exist; point it to the cluster's "
+                                f"token file, or unset it to use {Path.home() / '.ray' / 'auth_token'} "
+                                f"(created on first use)")
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(f"Ray token authentication is on but there is no token at {path}; "
+                                    f"copy the cluster's token there or set RAY_AUTH_TOKEN_PATH")
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token)
+
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_new_authentication_token())
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
+        print(f"note: {path} was readable by others (mode {mode:o}); now 600", flush=True)
 
 
 
@@ -64,11 +105,15 @@ def connect(ray_cfg: DictConfig, *, quiet: bool = False):
         ``ray.auth`` is neither ``token`` nor ``disabled``.
     ConnectionError
         ``ray.address`` is set but no cluster answers there.
+    FileNotFoundError
+        ``$RAY_AUTH_TOKEN_PATH`` names a missing file (see :func:`ensure_token_file`).
     """
     auth = str(ray_cfg.auth)
     if auth not in ("token", "disabled"):
         raise ValueError(f"ray.auth={auth!r} must be 'token' or 'disabled'")
     set_auth_mode(auth)
+    if auth == "token":
+        ensure_token_file(create=not ray_cfg.address)
     # Trials checkpoint every epoch and Tune keeps two; that forces frequent experiment-state
     # snapshots, which are cheap here (local storage), so silence the warning about them.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

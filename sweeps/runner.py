@@ -101,13 +101,15 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     Raises
     ------
     ValueError
-        Bad sweep settings; ``resume=true`` with no sweep to resume; every trial failed.
+        Bad sweep settings or a search value the model refuses (before Ray starts);
+        ``resume=true`` with no sweep to resume; every trial failed, or any trial failed and
+        ``allow_failed_trials`` is false (results, table and best trial are written first).
     """
     import ray
     from ray import tune
 
     from sweeps.ray_cluster import connect
-    from sweeps.space import param_space
+    from sweeps.space import apply_trial_params, param_space
     from sweeps.trainable import run_trial
 
     out_dir = Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)
@@ -123,6 +125,15 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
         raise ValueError(f"name={sweep_cfg.name!r} must be a plain name (letters, digits, _ . -)")
     check_data(train_cfg)
     space = None if sweep_cfg.resume else param_space(sweep_cfg.search)  # validates the grid
+    if space is not None:  # before Ray starts: settings every trial would die of
+        from pipeline.training.loop import _validate as validate_training
+        from sweeps.space import check_space_against_model
+
+        validate_training(apply_trial_params(train_cfg, {"lr": 1.0, "subdeterminants": "all"}))
+        check_space_against_model(train_cfg, space)
+    allow_failed = sweep_cfg.get("allow_failed_trials", False)
+    if not isinstance(allow_failed, bool):
+        raise ValueError(f"allow_failed_trials must be true or false, got {allow_failed!r}")
     scheduler = _scheduler(sweep_cfg, epochs)
     cpus, gpus = float(sweep_cfg.resources.cpus_per_trial), float(sweep_cfg.resources.gpus_per_trial)
     if cpus <= 0 or gpus < 0:
@@ -167,6 +178,8 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     metric_columns = list(sweep_cfg.report_metrics)
     table = results_table(exp_path, metric_columns)
     table = table.dropna(axis=1, how="all")  # e.g. no group column when groups are not swept
+    if metric in table.columns:  # best first; trials without the metric last
+        table = table.sort_values(metric, ascending=mode == "min", na_position="last", kind="stable")
     table.to_csv(out_dir / "trials.csv", index=False)
     unfinished = int((table.status == "UNFINISHED").sum())
     if unfinished:
@@ -204,4 +217,11 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
           + " ".join(f"{c}={best.metrics.get(c):.4g}" for c in metric_columns
                      if isinstance(best.metrics.get(c), (int, float))), flush=True)
     print(f"results: {out_dir}/trials.csv and {out_dir}/best.json", flush=True)
+    # Ray's banner points TensorBoard at its temporary session folder; the trials' logs are here.
+    print(f"TensorBoard (every trial's run/tensorboard): tensorboard --logdir {exp_path}", flush=True)
+    failed = [r for r in grid if r.error]
+    if failed and not allow_failed:
+        errors = "; ".join(sorted({_last_line(r.error) for r in failed}))
+        raise ValueError(f"{len(failed)} of {len(grid)} trial(s) of sweep {sweep_cfg.name!r} failed: {errors} "
+                         f"(the others' results are kept in {out_dir}; allow_failed_trials=true accepts this)")
     return best_record

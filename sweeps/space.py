@@ -11,7 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray import tune
 
-__all__ = ["param_space", "apply_trial_params"]
+__all__ = ["param_space", "apply_trial_params", "check_space_against_model"]
 
 
 def _k(value):
@@ -21,6 +21,22 @@ def _k(value):
             raise ValueError(f"search.subdeterminants entries must be 'all' or positive ints, got {value!r}")
         return int(value)
     return value
+
+
+def _number(key: str, value, kind):
+    """``kind(value)`` for a numeric entry of ``key``; ValueError naming the key otherwise."""
+    if isinstance(value, str):  # e.g. "1e-3" from a YAML file
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        what = "integers" if kind is int else "numbers"
+        raise ValueError(f"{key} entries must be {what}, got {value!r}")
+    return kind(value)
 
 
 def param_space(search: DictConfig) -> dict:
@@ -55,12 +71,12 @@ def param_space(search: DictConfig) -> dict:
                              f"(missing {missing})")
         space["lr_by_group"] = lr_by_group
     elif search.get("lr_loguniform"):
-        low, high = (float(x) for x in search.lr_loguniform)
+        low, high = (_number("search.lr_loguniform", x, float) for x in search.lr_loguniform)
         if not 0 < low < high:
             raise ValueError(f"search.lr_loguniform must be [low, high] with 0 < low < high, got {list(search.lr_loguniform)}")
         space["lr"] = tune.loguniform(low, high)
     else:
-        lrs = [float(x) for x in search.lr]
+        lrs = [_number("search.lr", x, float) for x in search.lr]
         if not lrs or min(lrs) <= 0:
             raise ValueError(f"search.lr must be a non-empty list of positive numbers, got {list(search.lr)}")
         space["lr"] = tune.grid_search(lrs)
@@ -68,12 +84,46 @@ def param_space(search: DictConfig) -> dict:
     if not ks:
         raise ValueError("search.subdeterminants must list at least one value ('all' or k)")
     space["subdeterminants"] = tune.grid_search(ks)
-    seeds = [int(s) for s in search.seeds]
+    seeds = [_number("search.seeds", s, int) for s in search.seeds]
     if len(seeds) > 1:
         space["seed"] = tune.grid_search(seeds)
     elif seeds:
         space["seed"] = seeds[0]
     return space
+
+
+def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
+    """Build the model of every (group, subdeterminants) point of ``space`` on the CPU.
+
+    Run before Ray starts: a value the model refuses (``search.subdeterminants=[all,99]`` with
+    10 triples) would otherwise make every such trial fail after the cluster is up.
+
+    Raises
+    ------
+    ValueError
+        Names the search key, the value and the model's reason.
+    """
+    from models import NBodyModel, QM9Model
+
+    def values(key):
+        value = space.get(key)
+        if isinstance(value, dict) and "grid_search" in value:
+            return list(value["grid_search"])
+        return [value] if value is not None else [None]
+
+    model_cls = {"nbody": NBodyModel, "qm9": QM9Model}.get(str(train_cfg.task))
+    if model_cls is None:
+        return
+    for group in values("group"):
+        for k in values("subdeterminants"):
+            params = {"lr": 1.0, "subdeterminants": k, **({"group": group} if group else {})}
+            params.pop("lr_by_group", None)
+            cfg = apply_trial_params(train_cfg, params)
+            try:
+                model_cls(**OmegaConf.to_container(cfg.model, resolve=True))
+            except (TypeError, ValueError) as exc:
+                where = f"search.subdeterminants={k}" + (f" with model.group={group}" if group else "")
+                raise ValueError(f"{where} is not a valid model: {exc}") from None
 
 
 def apply_trial_params(train_cfg: DictConfig, params: dict) -> DictConfig:
