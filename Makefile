@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # CPU build on machines without a GPU; override, e.g. TORCH_SPEC='torch' on a CUDA node.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Extra `invattn demo` overrides, e.g. DEMO_ARGS="train.epochs=3" (tests/test_newcomer.py uses a short one).
+DEMO_ARGS ?=
 
 .PHONY: install demo test bench clean-demo
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/invattn demo
+	$(VENV)/bin/invattn demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

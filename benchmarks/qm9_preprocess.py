@@ -12,6 +12,7 @@ otherwise the 2,000-molecule sample in tests/data/qm9 (it says so).  Optionally 
 perception against the source's SMILES on a random subset (``--verify-smiles N``).
 
     .venv/bin/python benchmarks/qm9_preprocess.py [--workers 2] [--modes serial,processes,threads]
+    .venv/bin/python benchmarks/qm9_preprocess.py --quick   # the 2,000-molecule sample, serial vs processes
 """
 from __future__ import annotations
 
@@ -129,7 +130,13 @@ def main() -> None:
                     "(the machine may be shared: the load average is printed)")
     ap.add_argument("--verify-smiles", type=int, default=0, metavar="N",
                     help="also compare perceived bonds with the source SMILES on N random molecules")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke test: the 2,000-molecule sample, serial vs processes only")
     args = ap.parse_args()
+    if args.quick:
+        args.source = args.source or str(SAMPLE)
+        args.modes = "serial,processes"
+        args.repeat = 1
 
     source = args.source
     if source is None:

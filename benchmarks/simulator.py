@@ -1,6 +1,7 @@
 """Numba N-body simulator vs. the NumPy implementation, side by side in one run.
 
     .venv/bin/python benchmarks/simulator.py            (or: make bench)
+    .venv/bin/python benchmarks/simulator.py --quick    # 5 and 20 bodies, fewer simulations, demo preset
 
 For 5, 20, 100 and 1000 bodies it times
 
@@ -21,6 +22,7 @@ paper dataset in < 10 s.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -46,6 +48,11 @@ CASES = {
     100: (128, 1, 8, 300, 100),
     1000: (64, 1, 1, 20, 10),
 }
+# --quick: a smoke test of the same measurements in a few seconds (ratios are noisier).
+QUICK_CASES = {
+    5: (600, 1, 20, 5000, 100),
+    20: (100, 1, 10, 1000, 100),
+}
 
 
 def _timed(fn):
@@ -54,8 +61,8 @@ def _timed(fn):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_case(n_bodies: int) -> dict:
-    sims, sims_traj, sims_batch, n_steps, sample_freq = CASES[n_bodies]
+def bench_case(n_bodies: int, cases: dict = CASES) -> dict:
+    sims, sims_traj, sims_batch, n_steps, sample_freq = cases[n_bodies]
     x, v, q = initial_conditions(0, "bench", 0, sims, n_bodies, 3)
     kw = dict(n_steps=n_steps, sample_freq=sample_freq, dt=1e-3, box_size=5.0)
     wall, cpu = _timed(lambda: simulate(x, v, q, **kw))
@@ -75,9 +82,9 @@ def bench_case(n_bodies: int) -> dict:
                 pairs=pairs * sims / wall, pairs_numpy=pairs * sims_batch / wall_batch)
 
 
-def bench_paper_dataset() -> tuple[float, str]:
+def bench_paper_dataset(preset: str = "paper") -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [str(REPO / ".venv" / "bin" / "invattn"), "simulate", "preset=paper",
+        cmd = [str(REPO / ".venv" / "bin" / "invattn"), "simulate", f"preset={preset}",
                f"out={tmp}/paper", "progress=false"]
         if not Path(cmd[0]).exists():
             cmd = [sys.executable, "-m", "pipeline.cli", *cmd[1:]]
@@ -90,7 +97,14 @@ def bench_paper_dataset() -> tuple[float, str]:
     return wall, proc.stderr.strip() + f"\n  ({size:.0f} MiB written)"
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="5 and 20 bodies with fewer simulations, and the demo preset instead of "
+                             "the paper one (a smoke test; the targets are not judged)")
+    args = parser.parse_args(argv)
+    cases = QUICK_CASES if args.quick else CASES
+    preset, n_preset = ("demo", 1200) if args.quick else ("paper", 6000)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
           f"numba {numba.__version__} with {numba.get_num_threads()} threads (parallel over "
           f"simulations), numpy {np.__version__} (single-threaded)")
@@ -105,8 +119,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = []
-    for n_bodies in CASES:
-        r = bench_case(n_bodies)
+    for n_bodies in cases:
+        r = bench_case(n_bodies, cases)
         rows.append(r)
         print(f"{r['n_bodies']:>6} {r['n_steps']:>5} | {r['numba']:>12.1f} {r['sims']:>6} | "
               f"{r['traj']:>10.2f} {r['sims_traj']:>6} {r['numba'] / r['traj']:>7.0f}x "
@@ -120,15 +134,19 @@ def main() -> None:
           f"N(N-1)/2 per step and simulation.  Numba used {paper['numba_cores']:.2f} cores "
           f"on average in the paper row.")
 
-    wall, log = bench_paper_dataset()
-    numpy_paper = 6000 / paper["traj"]
-    print(f"\n`invattn simulate preset=paper` (6000 sims x 49 frames, HDF5 writes, fresh process): "
+    wall, log = bench_paper_dataset(preset)
+    numpy_paper = n_preset / paper["traj"]
+    print(f"\n`invattn simulate preset={preset}` ({n_preset} sims x 49 frames, HDF5 writes, fresh process): "
           f"{wall:.2f} s wall")
     print("  " + log.replace("\n", "\n  "))
     print(f"  the NumPy generator (numpy/traj) would need ~{numpy_paper:.0f} s for the simulations "
           f"alone: {numpy_paper / wall:.0f}x slower end to end")
 
     speedup = paper["numba"] / paper["traj"]
+    if args.quick:
+        print(f"\n--quick: paper preset speedup vs numpy/traj {speedup:.0f}x; targets are judged "
+              f"by the full run only")
+        return
     print(f"\ntargets: paper preset speedup vs numpy/traj {speedup:.0f}x (target >= 300x): "
           f"{'MET' if speedup >= 300 else 'MISSED'}; paper dataset {wall:.2f} s (target < 10 s): "
           f"{'MET' if wall < 10 else 'MISSED'}")

@@ -269,14 +269,15 @@ def _write_file(settings: SimulationSettings, split: str, path: Path, shard: int
 def generate(settings: SimulationSettings, log=print) -> list[Path]:
     """Write the files selected by ``settings`` (both splits; all shards or one).
 
-    Whole files refuse to replace an existing file unless ``overwrite``; a shard that is
-    already complete with the same identity and range is kept (a re-run resumes), one that
-    is partial or different is computed again.
+    A file (whole or shard) that already holds exactly this dataset is kept, so a re-run
+    resumes or does nothing; a complete file of another dataset is replaced only with
+    ``overwrite``; an interrupted shard is computed again.
 
     Raises
     ------
     FileExistsError
-        ``DIR/<split>.h5`` exists and ``overwrite`` is false (checked before any work).
+        ``DIR/<split>.h5`` holds another dataset and ``overwrite`` is false (checked before
+        any work).
     ValueError
         Bad settings or inputs; NonFiniteSimulationError names broken simulations.
     """
@@ -315,21 +316,45 @@ def _shard_states(settings: SimulationSettings, plan) -> dict[Path, str | None]:
     return states
 
 
+def _whole_file_states(settings: SimulationSettings, plan) -> dict[Path, None]:
+    """Existing whole files that already hold exactly this dataset are kept (a re-run, such as
+    ``invattn simulate preset=demo`` after ``make demo``, succeeds without work).
+
+    Raises FileExistsError (before any work) for an existing file of another dataset, or one
+    that is unreadable: it is replaced only with ``overwrite=true``.
+    """
+    states = {}
+    for split, path, shard, start, stop in plan:
+        if not path.exists():
+            continue
+        expected = settings.identity(split)
+        expected.update(sim_start=start, sim_stop=stop, shard_index=shard, n_shards=settings.n_shards)
+        problem = io.shard_problem(path, expected)
+        if problem is not None:
+            raise FileExistsError(f"{path} already exists; pass overwrite=true to replace it "
+                                  f"(it holds another dataset: {problem})")
+        states[path] = None
+    return states
+
+
 def _generate(settings: SimulationSettings, log) -> list[Path]:
     settings.out.mkdir(parents=True, exist_ok=True)
     plan = [(split, *t) for split in settings.splits() for t in settings.targets(split)]
-    if settings.n_shards == 1 and not settings.overwrite:
-        for _, path, *_ in plan:
-            if path.exists():
-                raise FileExistsError(f"{path} already exists; pass overwrite=true to replace it")
-    states = {} if settings.n_shards == 1 or settings.overwrite else _shard_states(settings, plan)
+    if settings.overwrite:
+        states = {}
+    elif settings.n_shards == 1:
+        states = _whole_file_states(settings, plan)
+    else:
+        states = _shard_states(settings, plan)
     todo = [p for p in plan if not (p[1] in states and states[p[1]] is None)]
     check_resources(settings, todo)
     written = []
     for split, path, shard, start, stop in plan:
         if path in states:
             if states[path] is None:
-                log(f"{path}: complete, skipped")
+                log(f"{path}: complete, skipped" if settings.n_shards > 1 else
+                    f"{path}: already holds this dataset (seed {settings.seed}, {stop - start} "
+                    f"simulations), kept; overwrite=true simulates it again")
                 written.append(path)
                 continue
             log(f"{path}: recomputing ({states[path]})")
