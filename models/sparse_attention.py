@@ -25,6 +25,7 @@ from torch import Tensor
 from models.attention import EquivariantAttention
 from models.features import Features
 from models.graph import check_cutoff, radius_graph, switching_function
+from models.inputs import check_shape
 
 __all__ = ["SparseEquivariantAttention", "edge_geometry", "scatter_switched_softmax_sum"]
 
@@ -149,7 +150,8 @@ class SparseEquivariantAttention(EquivariantAttention):
         Raises
         ------
         ValueError
-            If ``data`` has no ``pos``, or no ``edge_index`` and no ``cutoff``.
+            If ``data`` has no ``pos``, or no ``edge_index`` and no ``cutoff``, or a field's shape
+            does not fit the layer (the message names the field), or an edge names a missing node.
         """
         positions = getattr(data, "pos", None)
         if positions is None:
@@ -169,5 +171,12 @@ class SparseEquivariantAttention(EquivariantAttention):
         edge_features = getattr(data, "edge_attr", None)
         if edge_features is None:
             edge_features = positions.new_zeros(edge_index.shape[1], 0)
+        check_shape("data.pos", positions, (None, 3))
+        check_shape("data.x", scalars, (n, self.in_shape.scalars))
+        check_shape("data.vectors", vectors, (n, self.in_shape.vectors, 3))
+        check_shape("data.edge_index", edge_index, (2, None))
+        check_shape("data.edge_attr", edge_features, (edge_index.shape[1], self.edge_dim))
+        if edge_index.numel() and not (0 <= int(edge_index.min()) and int(edge_index.max()) < n):
+            raise ValueError(f"data.edge_index refers to nodes outside 0..{n - 1}")
         relative, weights = edge_geometry(positions, edge_index, cutoff, cutoff_inner)
         return self(Features(vectors, scalars), edge_index, relative, edge_features, weights)

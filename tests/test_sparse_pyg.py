@@ -89,3 +89,13 @@ def test_missing_fields_are_named():
         layer.forward_data(Data(x=torch.zeros(3, 3)))
     with pytest.raises(ValueError, match="no 'edge_index' and no cutoff"):
         layer.forward_data(Data(pos=torch.zeros(3, 3, dtype=F64), x=torch.zeros(3, 3, dtype=F64)))
+    good = molecule(4, 0)
+    for field, bad, match in [("x", torch.zeros(4, 5, dtype=F64), r"data.x has shape \[4, 5\], expected \[4, 3\]"),
+                              ("vectors", torch.zeros(4, 3, dtype=F64), "data.vectors has shape"),
+                              ("edge_attr", torch.zeros(1, 2, dtype=F64), "data.edge_attr has shape"),
+                              ("edge_index", good.edge_index.clone().index_fill_(1, torch.tensor([0]), 9),
+                               "outside 0..3")]:
+        data = good.clone()
+        setattr(data, field, bad)
+        with pytest.raises(ValueError, match=match):
+            layer.forward_data(data)
