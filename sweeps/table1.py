@@ -5,9 +5,12 @@
    ``lr_grid``; each variant keeps the rate with the lowest test MSE of positions (the paper
    "sweep[s] over different learning rates and select[s] the one with the best performance").
 3. Final runs (``configs/sweep/table1_final.yaml``): both variants, every seed, ``epochs`` epochs.
-4. Publish ``output_json`` (per variant: mean and standard deviation over seeds of the final
+4. Write ``nbody_table1.json`` (per variant: mean and standard deviation over seeds of the final
    ``mse_x`` and ``mse_v``, parameters, epochs, seconds per epoch, seeds, learning rate, machine,
-   command) and the learning curves ``output_plot``.
+   command), the learning curves ``nbody_table1_curves.png`` and the table ``table1.md`` into
+   ``output_dir`` (default ``results_dir/table1``).  Only ``publish=true`` also writes the
+   tracked files in ``docs/`` (``publish_json``, ``publish_plot``, ``publish_markdown``): a trial
+   run (fewer epochs, another dataset) never replaces the published numbers by accident.
 
 Both sweeps are ordinary Ray Tune sweeps: an interrupted reproduction resumes where it stopped
 when run again, and ``ray_address`` runs it on a cluster (e.g. inside ``slurm/sweep.sh``).
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves"]
+__all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves", "output_paths"]
 
 
 def _sweep(argv: list[str]):
@@ -189,6 +192,9 @@ def reproduce_command(cfg: DictConfig) -> int:
     from pipeline.config import load_config
     from simulator.cli import simulate_command
 
+    output_paths(cfg)  # bad keys fail before any work
+    if cfg.publish_only:
+        return _publish(cfg, Path(cfg.results_dir).resolve() / "table1_final")
     data = Path(cfg.data_dir)
     if not (data / "train.h5").is_file() or not (data / "test.h5").is_file():
         print(f"== simulating the paper dataset into {data}", flush=True)
@@ -197,8 +203,6 @@ def reproduce_command(cfg: DictConfig) -> int:
               f"resources.cpus_per_trial={cfg.cpus_per_trial}"]
     if cfg.ray_address:
         common.append(f"ray.address={cfg.ray_address}")
-    if cfg.publish_only:
-        return _publish(cfg, Path(cfg.results_dir).resolve() / "table1_final")
     lr_by_group = OmegaConf.to_container(cfg.lr_by_group) if cfg.lr_by_group else None
     if not lr_by_group:
         print("== step 1: learning-rate sweep", flush=True)
@@ -215,8 +219,20 @@ def reproduce_command(cfg: DictConfig) -> int:
     return _publish(cfg, final_dir)
 
 
+def output_paths(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
+    """``(json, plot, markdown)`` targets: this run's folder, then ``docs/`` when ``publish``."""
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.results_dir) / "table1"
+    targets = [(out / "nbody_table1.json", out / "nbody_table1_curves.png", out / "table1.md")]
+    if not isinstance(cfg.publish, bool):
+        raise ValueError(f"config key publish must be true or false, got {cfg.publish!r}")
+    if cfg.publish:
+        targets.append((Path(cfg.publish_json), Path(cfg.publish_plot), Path(cfg.publish_markdown)))
+    return targets
+
+
 def _publish(cfg: DictConfig, final_dir: Path) -> int:
-    """Write the JSON record and the plot from the final sweep's runs, finished or not."""
+    """Write the JSON record, the plot and the table from the final sweep's runs, finished or not."""
+    targets = output_paths(cfg)  # bad keys fail before any work
     if not (final_dir / "ray").is_dir():
         raise FileNotFoundError(f"no final runs to publish in {final_dir}")
     runs = collect_runs(final_dir)
@@ -227,15 +243,19 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
     if not cfg.publish_only:
         saved.write_text(command + "\n")
     record = summarize(runs, command=command, epochs=int(cfg.epochs))
-    out = Path(cfg.output_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
-    plot_curves(runs, Path(cfg.output_plot))
-    update_markdown(Path(cfg.output_markdown), record)
+    for out, plot, markdown in targets:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+        plot_curves(runs, plot)
+        update_markdown(markdown, record)
     print(json.dumps({g: {k: record[g][k] for k in ("mse_x", "mse_v", "lr", "epochs")}
                       for g in record if g in ("E3", "SE3")}, indent=2))
-    print(f"wrote {out} and {cfg.output_plot}", flush=True)
+    for out, plot, markdown in targets:
+        print(f"wrote {out}, {plot} and {markdown}", flush=True)
+    if not cfg.publish:
+        print(f"(docs/ is unchanged; publish these numbers with `invattn reproduce-table1 "
+              f"publish_only=true publish=true` and the same settings)", flush=True)
     return 0
 
