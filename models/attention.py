@@ -139,11 +139,13 @@ class EquivariantAttention(nn.Module):
         return torch.cat([vectors, scalars.unflatten(-1, (h, -1))], dim=-1)
 
     @staticmethod
-    def _combine(mlp: CoefficientMLP, hidden: Tensor, shape: FeatureShape, inputs: PairInputs) -> Features:
+    def _combine(coefficients: Tensor, shape: FeatureShape, inputs: PairInputs) -> Features:
         """Eq. 6-7 for every pair: ``v_t' = sum_k f_t'k u_k`` and ``s_l' = f_l'``.
 
-        The last layer of ``g`` is laid out as ``[T' x K_node node-basis coefficients |
-        T' x K_pair pair-basis coefficients | L' scalars]`` and evaluated block by block.
+        ``coefficients`` (the output of ``g``) are laid out as ``[T' x K_node node-basis
+        coefficients | T' x K_pair pair-basis coefficients | L' scalars]``. They come from one
+        matrix product and are split here: the backward pass then concatenates three small
+        gradients instead of summing three full-width ``[pairs, hidden]`` products.
 
         Returns
         -------
@@ -151,16 +153,15 @@ class EquivariantAttention(nn.Module):
         """
         t = shape.vectors
         k_node, k_pair = inputs.node_basis.shape[-2], inputs.pair_basis.shape[-2]
-        b, n_j, n_i = hidden.shape[:3]
-        pair_w = mlp.project(hidden, t * k_node, t * (k_node + k_pair))
+        node_w, pair_w, scalars = coefficients.split([t * k_node, t * k_pair, shape.scalars], -1)
         if k_pair == 1:  # only x_i - x_j: a broadcast product beats a batch of 1-column matmuls
             vectors = pair_w.unsqueeze(-1) * inputs.pair_basis
         else:
             vectors = pair_w.unflatten(-1, (t, k_pair)) @ inputs.pair_basis
         if k_node:
-            node_w = mlp.project(hidden, 0, t * k_node).view(b, n_j, n_i * t, k_node)
+            b, n_j, n_i = coefficients.shape[:3]
+            node_w = node_w.reshape(b, n_j, n_i * t, k_node)
             vectors = vectors + (node_w @ inputs.node_basis).view(b, n_j, n_i, t, 3)
-        scalars = mlp.project(hidden, t * (k_node + k_pair), t * (k_node + k_pair) + shape.scalars)
         return Features(vectors, scalars)
 
     def queries(self, features: Features) -> Tensor:
@@ -184,9 +185,9 @@ class EquivariantAttention(nn.Module):
         """
         inputs = self.neighbours(features, relative_positions, edge_features)
         node_invariants = inputs.node_invariants.unsqueeze(2)  # [B, N_j, 1, D]: broadcast over i
-        key = self._combine(self.key, self.key.hidden_split(node_invariants, inputs.pair_invariants),
+        key = self._combine(self.key.last(self.key.hidden_split(node_invariants, inputs.pair_invariants)),
                             self.query_shape, inputs)  # eq. 2
-        value = self._combine(self.value, self.value.hidden_split(node_invariants, inputs.pair_invariants),
+        value = self._combine(self.value.last(self.value.hidden_split(node_invariants, inputs.pair_invariants)),
                               self.out_shape, inputs)  # eq. 3
         return self._flatten_heads(key.vectors, key.scalars), value
 
