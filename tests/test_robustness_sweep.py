@@ -146,3 +146,22 @@ def test_allow_failed_trials_accepts_them_on_resume(mixed_sweep):
     assert "Best trial (test_mse_x, min)" in proc.stdout
     table = pd.read_csv(results / "mixed" / "trials.csv")
     assert sorted(table.status) == ["ERROR", "OK", "OK"]
+
+
+def test_existing_world_readable_token_is_narrowed_and_a_missing_one_refused_when_joining(
+        tmp_path, monkeypatch, capsys):
+    from sweeps.ray_cluster import ensure_token_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    with pytest.raises(FileNotFoundError, match=f"there is no token at {token}"):
+        ensure_token_file(create=False)    # joining a cluster: never invent a token
+    assert not token.exists()
+    token.parent.mkdir()
+    token.write_text("a" * 64)
+    token.chmod(0o644)                     # as an older Ray left it
+    ensure_token_file(create=True)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == "a" * 64
+    assert f"note: {token} was readable by others (mode 644); now 600" in capsys.readouterr().out
