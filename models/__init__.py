@@ -6,7 +6,7 @@ Public API
   **config)`` rebuilds either from plain keyword arguments (``model.config``).
 - Building blocks: :class:`Features` / :class:`FeatureShape` (vectors ``[.., T, 3]`` + scalars
   ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
-  (eq. 1-3, 9-12), :class:`NormNonlinearity`, :class:`EquivariantTransformer` (the stack).
+  (eq. 1-3, 9-12), :class:`GatedNonlinearity`, :class:`EquivariantTransformer` (the stack).
 - Invariants: :func:`gram_upper`, :func:`subdeterminants`, :func:`cross_products`.
 - Sparse path (``cutoff=``): :class:`SparseEquivariantAttention` (edge lists, torch_geometric
   ``Data``/``Batch`` via ``forward_data``), :class:`SparseEquivariantTransformer`,
@@ -20,7 +20,7 @@ from models.graph import radius_graph, switching_function
 from models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
 from models.nbody import NBodyModel
 from models.neighbour_invariants import NeighbourInvariants, PairInputs
-from models.nonlinearity import NormNonlinearity
+from models.nonlinearity import GatedNonlinearity, NormNonlinearity
 from models.qm9 import QM9Model
 from models.registry import MODELS, build_model
 from models.sparse_attention import SparseEquivariantAttention
@@ -29,7 +29,8 @@ from models.sparse_backbone import SparseEquivariantTransformer
 __all__ = [
     "NBodyModel", "QM9Model", "build_model", "MODELS",
     "Features", "FeatureShape", "EquivariantMap", "CoefficientMLP", "EquivariantAttention",
-    "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "NormNonlinearity",
+    "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "GatedNonlinearity",
+    "NormNonlinearity",
     "masked_softmax", "parse_group",
     "gram_upper", "subdeterminants", "cross_products", "choose_combinations",
     "SparseEquivariantAttention", "SparseEquivariantTransformer", "radius_graph", "switching_function",

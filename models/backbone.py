@@ -1,8 +1,8 @@
 """A stack of equivariant attention layers with residual connections (shared by both tasks).
 
 Layer 0 maps the input features to the hidden channels; every later layer is pre-normalized
-and residual, ``h <- h + Attention(NormNonlinearity(h))``, and the stack ends with one more
-:class:`~models.nonlinearity.NormNonlinearity`. Residual sums and norm-based gates are both
+and residual, ``h <- h + Attention(GatedNonlinearity(h))``, and the stack ends with one more
+:class:`~models.nonlinearity.GatedNonlinearity`. Residual sums and invariant gates are both
 equivariant, so the stack is as equivariant as each attention layer (paper section 2).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from models.attention import EquivariantAttention
 from models.features import Features, FeatureShape
 from models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
-from models.nonlinearity import NormNonlinearity
+from models.nonlinearity import GatedNonlinearity
 
 __all__ = ["EquivariantTransformer", "validate_sampling"]
 
@@ -106,9 +106,9 @@ class EquivariantTransformer(nn.Module):
             self.layers.append(self.attention_class(shape, hidden_shape, edge_dim, heads, query_shape,
                                                     mlp_hidden, group, generator=generator, **options))
             # Layer 0 changes the channel count, so it has no residual and no pre-norm.
-            self.norms.append(NormNonlinearity(hidden_shape) if index else nn.Identity())
+            self.norms.append(GatedNonlinearity(hidden_shape) if index else nn.Identity())
             shape = FeatureShape(*hidden_shape)
-        self.final_norm = NormNonlinearity(hidden_shape)
+        self.final_norm = GatedNonlinearity(hidden_shape)
 
     def forward(self, features: Features, relative_positions: Tensor, edge_features: Tensor,
                 mask: Tensor) -> Features:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_shape", "prepare_mask"]
+__all__ = ["check_shape", "prepare_mask", "centre_positions"]
 
 
 def prepare_mask(mask: Tensor | None, reference: Tensor) -> Tensor:
@@ -29,3 +29,20 @@ def check_shape(name: str, tensor: Tensor, expected: tuple) -> None:
     if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
         pattern = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
         raise ValueError(f"{name} has shape {list(shape)}, expected {pattern}")
+
+
+def centre_positions(positions: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Positions minus each graph's centroid of real nodes, then cast to ``dtype``; 0 at padding.
+
+    The centroid is subtracted in the precision the positions arrive in (pass float64 to a
+    float32 model), so float32 results do not depend on where the system sits: at an offset of
+    1e4, casting absolute positions to float32 first would round them by about 1e-3. Models use
+    only differences ``x_i - x_j``, which the shift leaves unchanged.
+
+    Shapes: ``positions [B, N, 3]``, ``mask [B, N]`` bool -> ``[B, N, 3]`` of ``dtype``.
+    """
+    keep = mask.unsqueeze(-1)
+    positions = torch.where(keep, positions, 0.0)  # padded garbage (even NaN) must not leak
+    count = mask.sum(1).clamp(min=1).to(positions.dtype)[:, None, None]
+    centroid = positions.sum(1, keepdim=True) / count
+    return torch.where(keep, positions - centroid, 0.0).to(dtype)

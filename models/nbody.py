@@ -3,7 +3,9 @@
 Inputs per body: velocity (a vector feature) and charge (a scalar); per pair: the product of
 charges ``q_i q_j`` (an edge scalar; the squared distance is already in the key/value Gram
 matrix through ``x_i - x_j``). Positions enter only as differences ``x_i - x_j``, so outputs are
-translation invariant; they rotate with the input (and reflect too for ``group="E3"``).
+translation invariant; they rotate with the input (and reflect too for ``group="E3"``). Positions
+are centred per system before any cast to the model's dtype, so float32 results do not depend on
+where the system sits.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from models.backbone import EquivariantTransformer, sampling_for, validate_sampl
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
 from models.graph import check_cutoff, radius_graph_dense, switching_function
-from models.inputs import check_shape, prepare_mask
+from models.inputs import centre_positions, check_shape, prepare_mask
 from models.registry import constructor_config, register_model
 from models.sparse_backbone import SparseEquivariantTransformer
 
@@ -114,9 +116,10 @@ class NBodyModel(nn.Module):
         check_shape("charges", charges, (b, n))
         mask = prepare_mask(mask, positions)
         # torch.where, not a product: garbage (even NaN) in padded bodies must not leak.
-        positions = torch.where(mask[..., None], positions, 0.0)
-        velocities = torch.where(mask[..., None], velocities, 0.0)
-        charges = torch.where(mask, charges.to(positions.dtype), 0.0)
+        dtype = next(self.parameters()).dtype
+        positions = centre_positions(positions, mask, dtype)  # centred before any float32 cast
+        velocities = torch.where(mask[..., None], velocities.to(dtype), 0.0)
+        charges = torch.where(mask, charges.to(dtype), 0.0)
         if self.cutoff is not None:
             return self._forward_sparse(positions, velocities, charges, mask)
         relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # [b, j, i] = x_i - x_j

@@ -1,9 +1,22 @@
-"""Norm-based nonlinearity between attention layers (as in the SE(3)-Transformer's NormSE3).
+"""Equivariant nonlinearities between attention layers.
 
-A vector ``v`` is replaced by ``(v / |v|) * act(LayerNorm(|v|))``: the direction is kept and only
-the (invariant) norm goes through a nonlinearity, so the map commutes with every rotation and
-reflection. Scalars get ``act(LayerNorm(s))``. Not in the paper's equations; the paper's
-released code uses this kind of layer between attention blocks.
+:class:`GatedNonlinearity` (used by the models) scales each vector channel by a sigmoid gate
+computed from invariants: the node's (layer-normalized) scalars and ``log(1 + |v_t|^2)`` of every
+vector channel, and softly bounds the vectors' size by ``1 / sqrt(1 + mean_t |v_t|^2)``. Gates of
+this kind are what e3nn's ``Gate`` and the NVIDIA SE(3)-Transformer use. Every factor is an
+invariant, so the layer commutes with rotations and reflections, and every factor is a smooth
+function of ``|v_t|^2``, so the output is smooth across ``v = 0`` with an input gain bounded by
+``1 + |W| / 2`` (``W`` the gate's weights on the norm inputs); nothing divides by ``|v|``.
+
+:class:`NormNonlinearity` (``(v / |v|) act(LayerNorm(|v|))``, the SE(3)-Transformer's NormSE3) is
+kept for reference and comparison only. Its output direction is ``v / |v|``, which flips sign across
+``v = 0``, and the LayerNorm gives a vanishing channel a non-zero norm from the other channels, so
+its gain near ``v = 0`` is about ``1 / sqrt(eps)``: a vector that vanishes by symmetry (the centre
+of a tetrahedral molecule) turns float32 rounding noise into O(1e-2) rotation errors.
+
+Measurements that chose the gate (issue 11): ``benchmarks/nonlinearity.py`` (see its ``--help``).
+
+Neither is in the paper's equations; the paper's released code uses a norm-based layer.
 """
 from __future__ import annotations
 
@@ -12,11 +25,64 @@ from torch import nn
 
 from models.features import Features, FeatureShape
 
-__all__ = ["NormNonlinearity"]
+__all__ = ["GatedNonlinearity", "NormNonlinearity"]
+
+
+class GatedNonlinearity(nn.Module):
+    """Smooth gated nonlinearity on :class:`~models.features.Features` (used between attention layers).
+
+    Scalars: ``s' = SiLU(LayerNorm(s))``. Vectors: ``v'_t = v_t * sigmoid(a_t) / sqrt(1 + m)``
+    with ``a = W [LayerNorm(s), log(1 + |v_1|^2), ..., log(1 + |v_T|^2)] + b`` and
+    ``m = mean_t |v_t|^2``. Each vector channel is multiplied by an invariant, so the map is
+    exactly equivariant under O(3); every factor is a smooth function of ``|v_t|^2``, so it is
+    smooth at ``v = 0`` (where it is linear) and ``v / sqrt(1 + m)`` keeps vector sizes O(1)
+    without ever dividing by a vanishing norm.
+
+    Parameters
+    ----------
+    shape : FeatureShape
+        Channels ``(T, L)``; ``T`` and ``L`` may be 0. Parameters: ``2 L`` (LayerNorm) plus
+        ``(L + T + 1) T`` (gate).
+
+    Shapes
+    ------
+    ``forward(Features([..., T, 3], [..., L])) -> Features([..., T, 3], [..., L])``
+
+    Examples
+    --------
+    >>> nl = GatedNonlinearity(FeatureShape(4, 8))
+    >>> out = nl(Features(torch.zeros(2, 4, 3), torch.zeros(2, 8)))
+    >>> out, bool(out.vectors.eq(0).all())
+    (Features(vectors=[2, 4, 3], scalars=[2, 8]), True)
+    """
+
+    def __init__(self, shape: FeatureShape):
+        super().__init__()
+        self.shape = FeatureShape(*shape)
+        t, l = self.shape
+        self.scalar_norm = nn.LayerNorm(l) if l else None
+        self.gate = nn.Linear(l + t, t) if t else None
+        self.act = nn.SiLU()
+
+    def forward(self, features: Features) -> Features:
+        vectors, scalars = features
+        normed = self.scalar_norm(scalars) if self.scalar_norm is not None else scalars
+        if self.gate is not None:
+            squared = vectors.pow(2).sum(-1)  # [..., T], smooth in v (unlike |v|)
+            gate = torch.sigmoid(self.gate(torch.cat([normed, torch.log1p(squared)], -1)))
+            scale = gate * torch.rsqrt(1.0 + squared.mean(-1, keepdim=True))
+            vectors = vectors * scale.unsqueeze(-1)
+        return Features(vectors, self.act(normed) if self.scalar_norm is not None else scalars)
+
+    def extra_repr(self) -> str:
+        return f"{self.shape}"
 
 
 class NormNonlinearity(nn.Module):
-    """Equivariant nonlinearity on :class:`~models.features.Features`.
+    """Norm-based nonlinearity (reference only; not smooth at ``v = 0``, see the module docstring).
+
+    A vector ``v`` is replaced by ``(v / |v|) * act(LayerNorm(|v|))``; scalars get
+    ``act(LayerNorm(s))``.
 
     Parameters
     ----------

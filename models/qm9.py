@@ -2,6 +2,7 @@
 
 Atoms are nodes with no input vectors and the scalars one-hot(H, C, N, O, F) + Z / 9; every pair
 of atoms is an edge with the scalars one-hot(bond type: none, single, double, triple, aromatic).
+Positions are centred per molecule (in their own precision) before the cast to the model's dtype.
 Geometry enters only through ``x_i - x_j`` inside the attention layers. After the attention
 stack, a node-wise Phi maps each atom's features to invariant scalars (for SE(3) these include
 subdeterminants, so mirror images can differ), which are pooled (sum or mean) and passed
@@ -16,7 +17,7 @@ from models.backbone import EquivariantTransformer, sampling_for, validate_sampl
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
 from models.graph import check_cutoff, radius_graph_dense, switching_function
-from models.inputs import check_shape, prepare_mask
+from models.inputs import centre_positions, check_shape, prepare_mask
 from models.registry import constructor_config, register_model
 from models.sparse_backbone import SparseEquivariantTransformer
 
@@ -161,8 +162,8 @@ class QM9Model(nn.Module):
         check_shape("atomic_numbers", atomic_numbers, (b, n))
         check_shape("bond_types", bond_types, (b, n, n))
         mask = prepare_mask(mask, positions)
-        dtype = positions.dtype
-        positions = torch.where(mask.unsqueeze(-1), positions, 0.0)  # padded garbage must not leak
+        dtype = next(self.parameters()).dtype
+        positions = centre_positions(positions, mask, dtype)  # centred before any float32 cast
         scalars = self.node_scalars(atomic_numbers, mask, dtype)
         edges = self.edge_scalars(bond_types, mask, dtype)  # validates every real pair
         if self.cutoff is None:

@@ -11,7 +11,15 @@ import inspect
 
 from torch import nn
 
-__all__ = ["MODELS", "register_model", "build_model", "constructor_config"]
+__all__ = ["MODELS", "MODEL_FORMAT", "MODEL_FORMATS", "register_model", "build_model", "constructor_config"]
+
+# Version of the models' parameter layout, saved with every checkpoint: a model of one format
+# cannot load the weights of another. Bump it (and describe it here) whenever that changes.
+MODEL_FORMATS = {
+    1: "norm nonlinearity between attention layers (before issue 11)",
+    2: "gated nonlinearity between attention layers (issue 11)",
+}
+MODEL_FORMAT = max(MODEL_FORMATS)
 
 MODELS: dict[str, type[nn.Module]] = {}
 

@@ -25,7 +25,10 @@ __all__ = ["NBodyWindows", "NBodyBatch"]
 
 @dataclass
 class NBodyBatch:
-    """One batch of windows; every tensor is float ``[B, N, dim]`` except ``charges`` ``[B, N]``."""
+    """One batch of windows; every tensor is float ``[B, N, dim]`` except ``charges`` ``[B, N]``.
+
+    ``positions`` are centred per system (centroid 0, subtracted in float64 before any cast).
+    """
 
     positions: torch.Tensor
     velocities: torch.Tensor
@@ -133,4 +136,7 @@ class NBodyWindows:
             x0, v0 = self.positions[sims, f0], self.velocities[sims, f0]
             x1, v1 = self.positions[sims, f1], self.velocities[sims, f1]
             t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
-            yield NBodyBatch(t(x0), t(v0), t(self.charges[sims]), t(x1 - x0), t(v1 - v0))
+            # Centre each system in float64 before the cast: float32 absolute positions far from
+            # the origin would lose precision (targets are differences, so they are unchanged).
+            centred = x0 - x0.mean(axis=1, keepdims=True)
+            yield NBodyBatch(t(centred), t(v0), t(self.charges[sims]), t(x1 - x0), t(v1 - v0))

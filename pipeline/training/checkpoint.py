@@ -1,7 +1,10 @@
 """Atomic training checkpoints (DESIGN section 7: temp file + rename; no pickle of code).
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, loaded with
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``. Each carries ``model_format``
+(:data:`models.registry.MODEL_FORMAT`); checkpoints of another format (files from before the
+field existed are format 1) are refused with a message saying what to do, since their weights
+do not fit today's models.
 """
 from __future__ import annotations
 
@@ -12,11 +15,16 @@ from pathlib import Path
 
 import torch
 
+from models.registry import MODEL_FORMAT, MODEL_FORMATS
+
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
     """Write ``state`` to ``path`` atomically (a crash leaves the previous file intact).
+
+    ``state["model_format"]`` is set to the current :data:`~models.registry.MODEL_FORMAT`
+    unless the caller gives one.
 
     Raises
     ------
@@ -24,6 +32,7 @@ def save_checkpoint(state: dict, path: Path) -> Path:
         The file could not be written, e.g. ``no space left on device``; one line naming
         ``path``; the previous checkpoint is kept.
     """
+    state = {"model_format": MODEL_FORMAT, **state}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -58,7 +67,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     IsADirectoryError
         ``path`` is a folder (a run_dir, say); the message suggests the checkpoint file in it.
     ValueError
-        The file is not a readable checkpoint of this project (the message names it).
+        The file is not a readable checkpoint of this project, or holds another model format
+        (the message names the file and what to do).
     """
     path = Path(path)
     if path.is_dir():
@@ -78,4 +88,11 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     missing = {"model", "epoch", "config"} - set(state)
     if missing:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)}; not an invattn checkpoint")
+    found = state.get("model_format", 1)
+    if found != MODEL_FORMAT:
+        what = MODEL_FORMATS.get(found, "unknown to this version")
+        raise ValueError(
+            f"checkpoint {path} holds model format {found} ({what}); this invattn builds format "
+            f"{MODEL_FORMAT} ({MODEL_FORMATS[MODEL_FORMAT]}), which cannot load its weights: "
+            f"retrain in a new run_dir, or evaluate it with an invattn checkout from before that change")
     return state

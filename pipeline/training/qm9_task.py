@@ -71,7 +71,11 @@ class QM9Task:
 
     def _to(self, batch, device):
         # Targets stay float64: U0 is about -400 Ha, and float32 would lose ~1 meV before
-        # normalization.
+        # normalization. Positions are centred per molecule while still float64 (issue 11).
+        from models.inputs import centre_positions
+
+        batch = dict(batch, positions=centre_positions(batch["positions"], batch["mask"],
+                                                       batch["positions"].dtype))
         return {k: (v.to(device, self.dtype) if v.is_floating_point() and k != "target"
                     else v.to(device)) for k, v in batch.items()}
 
