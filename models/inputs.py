@@ -44,5 +44,7 @@ def centre_positions(positions: Tensor, mask: Tensor, dtype: torch.dtype) -> Ten
     keep = mask.unsqueeze(-1)
     positions = torch.where(keep, positions, 0.0)  # padded garbage (even NaN) must not leak
     count = mask.sum(1).clamp(min=1).to(positions.dtype)[:, None, None]
-    centroid = positions.sum(1, keepdim=True) / count
+    # Detached: the models are translation invariant, so the centroid is a constant shift for
+    # gradients too, and a body's gradient stays exactly what its own differences give.
+    centroid = (positions.sum(1, keepdim=True) / count).detach()
     return torch.where(keep, positions - centroid, 0.0).to(dtype)
