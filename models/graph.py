@@ -13,9 +13,10 @@ gradients do not jump (as with the switched cutoffs of molecular-dynamics codes)
 Two searches give the same edge set (pairs with ``|x_i - x_j| < cutoff`` in one graph, plus
 self-loops), sorted by ``(target, source)``:
 
-- :func:`radius_graph_dense` / ``method="torch"``: blockwise distances in plain torch; runs on any
-  device and is what the models use. It does ``O(N^2)`` cheap distance evaluations per graph, in
-  blocks that bound the memory, and keeps ``O(E)`` edges.
+- :func:`radius_graph_dense` / ``method="torch"``: plain torch on any device, what the models
+  use. Small graphs (``N <= 128``) compare all pairs in memory-bounded blocks; larger ones use a
+  vectorized cell list (cells of side ``cutoff``; only the 27 surrounding cells are searched), so
+  the work grows with the number of candidate pairs, ``O(E)``, not ``O(N^2)``.
 - ``method="vesin"``: the cell-list search of the ``vesin`` library (``O(N)``, CPU, one graph
   at a time), for building graphs on the data side.
 """
@@ -80,6 +81,73 @@ def switching_function(squared_distance: Tensor, cutoff: float, cutoff_inner: fl
     return 1.0 - u.pow(3) * (10.0 - 15.0 * u + 6.0 * u.pow(2))
 
 
+_BRUTE_FORCE_MAX_NODES = 128  # up to this many nodes per graph, all pairs is the fastest search
+
+
+def _cell_list_pairs(x: Tensor, graph: Tensor, cutoff: float) -> tuple[Tensor, Tensor] | None:
+    """Radius search by cell lists: ``(source, target)`` of the pairs closer than
+    ``cutoff`` within one graph, plus self-loops, sorted by target then source.
+
+    Nodes are binned into cubic cells of side slightly above ``cutoff`` (per graph, from its
+    lowest corner), so every neighbour lies in one of the 27 cells around a node's own; those
+    cells' nodes are the candidates, tested with the same formula as the brute-force search.
+    Returns ``None`` if the cell grid is too large to index with int64 (a fallback is used).
+    """
+    n = x.shape[0]
+    side = float(cutoff) * (1.0 + 1e-6)  # margin: rounding never puts neighbours 2 cells apart
+    n_graphs = int(graph.max()) + 1
+    low = x.new_full((n_graphs, 3), torch.inf).scatter_reduce(0, graph[:, None].expand(-1, 3), x, "amin")
+    cell = torch.floor((x - low.index_select(0, graph)) / side).long()  # [n, 3], >= 0
+    dims = cell.max(0).values + 1
+    if float(n_graphs) * float(dims.prod()) * 2.0 > 2.0 ** 62:
+        return None
+    d0, d1, d2 = (int(v) for v in dims)
+
+    def key(g: Tensor, c: Tensor) -> Tensor:
+        return ((g * d0 + c[..., 0]) * d1 + c[..., 1]) * d2 + c[..., 2]
+
+    order = torch.argsort(key(graph, cell))
+    cells, counts = torch.unique_consecutive(key(graph, cell)[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    steps = torch.tensor([-1, 0, 1], device=x.device)
+    offsets = torch.cartesian_prod(steps, steps, steps)  # [27, 3]
+    around = cell[:, None, :] + offsets[None]  # [n, 27, 3]
+    inside = ((around >= 0) & (around < dims)).all(-1)
+    wanted = key(graph[:, None], around)
+    slot = torch.searchsorted(cells, wanted).clamp(max=cells.shape[0] - 1)
+    found = inside & (cells[slot] == wanted)
+    target_rows = torch.arange(n, device=x.device)[:, None].expand(n, 27)[found]
+    slot = slot[found]
+    sizes = counts[slot]
+    target = torch.repeat_interleave(target_rows, sizes)
+    first = torch.repeat_interleave(starts[slot], sizes)
+    within = torch.arange(target.shape[0], device=x.device) - torch.repeat_interleave(
+        torch.cumsum(sizes, 0) - sizes, sizes)
+    source = order[first + within]
+    keep = ((x[target] - x[source]).pow(2).sum(-1) < float(cutoff) ** 2) | (source == target)
+    source, target = source[keep], target[keep]
+    order = torch.argsort(target * n + source)
+    return source[order], target[order]
+
+
+def _brute_force_pairs(positions: Tensor, mask: Tensor, cutoff: float) -> Tensor:
+    """``(b, j, i)`` of all close pairs and self-loops of a padded batch, in blocks of targets."""
+    b, n = mask.shape
+    rows = max(1, min(n, _BLOCK_ELEMENTS // max(1, b * n)))
+    cutoff_sq = float(cutoff) ** 2
+    found = []
+    for start in range(0, n, rows):  # a loop over memory blocks of targets i, not over edges
+        stop = min(n, start + rows)
+        diff = positions.unsqueeze(1) - positions[:, start:stop].unsqueeze(2)  # [B, R, N_j, 3]
+        near = diff.pow(2).sum(-1) < cutoff_sq
+        near &= mask[:, start:stop, None] & mask[:, None, :]
+        block = torch.arange(stop - start, device=mask.device)
+        near[:, block, block + start] = mask[:, start:stop]  # self-loops, whatever the cutoff
+        g, i, j = near.nonzero(as_tuple=True)
+        found.append(torch.stack([g, j, i + start]))
+    return torch.cat(found, dim=1) if found else mask.new_zeros(3, 0, dtype=torch.long)
+
+
 @torch.no_grad()
 def radius_graph_dense(positions: Tensor, mask: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
     """Radius graph of a padded batch, in plain torch on the positions' device.
@@ -99,23 +167,23 @@ def radius_graph_dense(positions: Tensor, mask: Tensor, cutoff: float) -> tuple[
         (the order of ``positions[mask]``), sorted by graph, target, source.
     edge_graph : Tensor ``[3, E]`` long
         The same edges as ``(b, j, i)`` indices into the padded layout.
+
+    Notes
+    -----
+    Graphs of at most 128 nodes: all pairs, in blocks. Larger: a cell list (linear in the
+    number of candidate pairs). Both give the same edges in the same order.
     """
     b, n = mask.shape
     flat = torch.cumsum(mask.reshape(-1).long(), 0).reshape(b, n) - 1  # padded -> index of real node
-    rows = max(1, min(n, _BLOCK_ELEMENTS // max(1, b * n)))
-    cutoff_sq = float(cutoff) ** 2
-    found = []
-    for start in range(0, n, rows):  # a loop over memory blocks of targets i, not over edges
-        stop = min(n, start + rows)
-        target = positions[:, start:stop]  # [B, R, 3]
-        diff = positions.unsqueeze(1) - target.unsqueeze(2)  # [B, R, N_j, 3]
-        near = diff.pow(2).sum(-1) < cutoff_sq
-        near &= mask[:, start:stop, None] & mask[:, None, :]
-        near[:, torch.arange(stop - start, device=mask.device), torch.arange(start, stop, device=mask.device)] = \
-            mask[:, start:stop]  # self-loops, whatever the cutoff
-        g, i, j = near.nonzero(as_tuple=True)
-        found.append(torch.stack([g, j, i + start]))
-    edge_graph = torch.cat(found, dim=1) if found else mask.new_zeros(3, 0, dtype=torch.long)
+    pairs = None
+    if n > _BRUTE_FORCE_MAX_NODES and bool(mask.any()):
+        graph, local = mask.nonzero(as_tuple=True)  # row-major: the order of positions[mask]
+        pairs = _cell_list_pairs(positions[mask], graph, cutoff)
+        if pairs is not None:
+            source, target = pairs
+            edge_graph = torch.stack([graph[target], local[source], local[target]])
+    if pairs is None:
+        edge_graph = _brute_force_pairs(positions, mask, cutoff)
     edge_index = torch.stack([flat[edge_graph[0], edge_graph[1]], flat[edge_graph[0], edge_graph[2]]])
     return edge_index, edge_graph
 

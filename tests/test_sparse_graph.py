@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.graph import check_cutoff, radius_graph, radius_graph_dense, switching_function
+from models.graph import _brute_force_pairs, check_cutoff, radius_graph, radius_graph_dense, switching_function
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -60,6 +60,26 @@ def test_dense_search_on_device_matches_flat(device):
     assert set(map(tuple, edge_index.cpu().t().tolist())) == brute_force(positions, batch, 2.0)
     g, j, i = edge_graph.cpu()
     assert bool(mask[g, j].all() and mask[g, i].all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_list_matches_all_pairs(device, dtype):
+    """Graphs above 128 nodes take the cell-list search: same edges, same order as all pairs,
+    for clouds much wider than the cutoff, about as wide, and flat (2D) ones."""
+    g = torch.Generator().manual_seed(5)
+    for scale, cutoff, flat in [(8.0, 1.0, False), (1.0, 2.5, False), (5.0, 1.5, True)]:
+        x = torch.randn(3, 300, 3, generator=g, dtype=torch.float64) * scale
+        if flat:
+            x[..., 2] = 0.0
+        mask = torch.rand(3, 300, generator=g) > 0.3
+        x, mask = x.to(device, dtype), mask.to(device)
+        edge_index, edge_graph = radius_graph_dense(x, mask, cutoff)
+        assert torch.equal(edge_graph, _brute_force_pairs(x, mask, cutoff))
+        assert edge_index.shape[1] > int(mask.sum())  # more than the self-loops
+    positions, batch = clouds([400, 150], seed=6, scale=4.0)
+    assert torch.equal(radius_graph(positions, 2.0, batch, method="torch"),
+                       radius_graph(positions, 2.0, batch, method="vesin"))
 
 
 def test_switching_function_is_c2_and_bounded():

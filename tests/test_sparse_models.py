@@ -277,6 +277,22 @@ def test_ragged_batch_equals_graphs_one_by_one(group):
         assert max_diff(tuple(o[b:b + 1, :n] for o in batched), alone) < TOL
 
 
+def test_large_graph_search_does_not_change_outputs(monkeypatch):
+    """200 bodies take the cell-list search; forcing all pairs gives the same edges, hence the
+    same outputs, and the large graph is still equivariant."""
+    import models.graph
+
+    x, v, q, mask = nbody_batch(seed=12, batch=2, bodies=200, scale=4.0)
+    model = nbody("E3", cutoff=2.0, cutoff_inner=1.5)
+    cells = model(x, v, q, mask)
+    g = torch.Generator().manual_seed(13)
+    rot = reflection(g)
+    rotated = model(x @ rot.T + 1.0, v @ rot.T, q, mask)
+    assert max_diff(rotated, tuple(o @ rot.T for o in cells)) < TOL
+    monkeypatch.setattr(models.graph, "_BRUTE_FORCE_MAX_NODES", 10 ** 9)
+    assert max_diff(model(x, v, q, mask), cells) == 0.0
+
+
 def test_far_apart_molecules_do_not_interact():
     """The issue's example: two ethanes 1000 A apart in one graph. With a cutoff the per-atom
     features of each molecule (before pooling) equal those of the molecule alone; all-pairs
