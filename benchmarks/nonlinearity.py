@@ -4,17 +4,18 @@ Three measurements, each for both nonlinearities between the attention layers (t
 built use :class:`models.GatedNonlinearity`; the other variant swaps in the old
 :class:`models.NormNonlinearity`):
 
-1. float32 rotation error of a paper-sized ``QM9Model`` (SE3, at init, seed 0) on every molecule
-   of the real QM9 sample (``tests/data/qm9/qm9_sample_2000.xyz.tar.bz2``): ``|y(xR^T) - y(x)|``,
-   worst molecule and median, in normalized units;
-2. the largest input gradient of a paper-sized ``NBodyModel`` (SE3, at init, float64) on five
-   collinear bodies with collinear velocities;
+1. float32 rotation error of a paper-sized ``QM9Model`` (SE3, seed 0) on the first ``--molecules``
+   molecules of the real QM9 sample (``tests/data/qm9/qm9_sample_2000.xyz.tar.bz2``; the first 10
+   of QM9, methane first, then random ones): ``|y(xR^T) - y(x)|``, worst molecule and median, in
+   normalized units; at init, and with trained-looking LayerNorm/gate parameters (init + noise);
+2. the largest input gradient of a paper-sized ``NBodyModel`` (SE3, float64, same two parameter
+   settings) on five collinear bodies with collinear velocities;
 3. test ``mse_x`` / ``mse_v`` after a short N-body training run on the demo dataset
    (``invattn simulate preset=demo``; generated into ``--data`` if missing), equal epochs.
 
     .venv/bin/python benchmarks/nonlinearity.py [--quick] [--epochs 4] [--data /tmp/nbody_demo]
 
-``--quick``: 200 molecules, 1 epoch on 200 simulations. CPU timings on a shared machine are noisy;
+``--quick``: 50 molecules, 1 epoch on 200 simulations. CPU timings on a shared machine are noisy;
 the figures here are accuracies, not speeds.
 """
 from __future__ import annotations
@@ -130,7 +131,8 @@ def nbody_training(norm: bool, data: Path, epochs: int, max_sims: int | None) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="200 molecules, 1 epoch on 200 simulations")
+    ap.add_argument("--quick", action="store_true", help="50 molecules, 1 epoch on 200 simulations")
+    ap.add_argument("--molecules", type=int, default=300, help="QM9 sample molecules for measurement 1")
     ap.add_argument("--epochs", type=int, default=4, help="N-body training epochs per variant")
     ap.add_argument("--max-sims", type=int, default=None, help="training simulations (demo: 1000)")
     ap.add_argument("--data", default="/tmp/nbody_demo", help="demo dataset folder (made if missing)")
@@ -138,27 +140,33 @@ def main() -> None:
     ap.add_argument("--skip-training", action="store_true", help="only measurements 1 and 2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    limit, epochs, max_sims = (200, 1, 200) if args.quick else (None, args.epochs, args.max_sims)
+    limit, epochs, max_sims = (50, 1, 200) if args.quick else (args.molecules, args.epochs, args.max_sims)
 
     molecules = load_molecules(limit)
-    print(f"1. float32 rotation error, QM9Model SE3 at init, {len(molecules)} real QM9 molecules")
-    for name in ("norm", "gated"):
+    settings = [(name, trained) for trained in (False, True) for name in ("norm", "gated")]
+    label = lambda name, trained: f"{name:6}{' trained-looking' if trained else ' init':16}"  # noqa: E731
+    print(f"1. float32 rotation error, QM9Model SE3, {len(molecules)} real QM9 molecules")
+    for name, trained in settings:
         torch.manual_seed(0)
         model = QM9Model(group="SE3")
         if name == "norm":
             use_norm_nonlinearity(model)
+        if trained:
+            perturb_norms(model)
         err = qm9_rotation_errors(model.eval(), molecules)
         worst = int(np.argmax(err))
-        print(f"   {name:6} worst {err[worst]:.2e} (gdb {molecules[worst].gdb_id}, "
+        print(f"   {label(name, trained)} worst {err[worst]:.2e} (gdb {molecules[worst].gdb_id}, "
               f"{len(molecules[worst].atomic_numbers)} atoms)  median {np.median(err):.2e}", flush=True)
 
-    print("2. max input gradient, NBodyModel SE3 at init (float64), 5 collinear bodies")
-    for name in ("norm", "gated"):
+    print("2. max input gradient, NBodyModel SE3 (float64), 5 collinear bodies")
+    for name, trained in settings:
         torch.manual_seed(0)
-        model = NBodyModel(group="SE3").double()
+        model = NBodyModel(group="SE3")
         if name == "norm":
             use_norm_nonlinearity(model)
-        print(f"   {name:6} {collinear_gradient(model):.3g}", flush=True)
+        if trained:
+            perturb_norms(model)
+        print(f"   {label(name, trained)} {collinear_gradient(model.double()):.3g}", flush=True)
 
     if args.skip_training:
         return

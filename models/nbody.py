@@ -57,7 +57,7 @@ class NBodyModel(nn.Module):
         Where the switching starts, in ``[0, cutoff)``; ``None`` = ``0.75 * cutoff``.
 
     The defaults (4 layers, ``T = 4`` vector and ``L = 24`` scalar channels, 4 heads, queries of
-    8 vectors + 24 scalars, MLP width 112) give 184,476 parameters for SE(3) and 116,300 for
+    8 vectors + 24 scalars, MLP width 112) give 184,908 parameters for SE(3) and 116,732 for
     E(3), the sizes of the paper's Table 1 (184K and 115K). Both variants share the
     architecture; E(3) has fewer parameters only because it drops the subdeterminant inputs and
     the cross-product coefficients, as in the paper. A small ``T`` is what makes the two counts
