@@ -131,11 +131,12 @@ def main() -> None:
     ap.add_argument("--verify-smiles", type=int, default=0, metavar="N",
                     help="also compare perceived bonds with the source SMILES on N random molecules")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke test: the 2,000-molecule sample, serial vs processes only")
+                    help="a smoke test: the 2,000-molecule sample in shards of 500, serial vs processes only")
     args = ap.parse_args()
     if args.quick:
         args.source = args.source or str(SAMPLE)
         args.modes = "serial,processes"
+        args.shard_size = min(args.shard_size, 500)  # 4 shards: the workers have work to share
         args.repeat = 1
 
     source = args.source

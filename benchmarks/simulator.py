@@ -144,7 +144,7 @@ def main(argv=None) -> None:
 
     speedup = paper["numba"] / paper["traj"]
     if args.quick:
-        print(f"\n--quick: paper preset speedup vs numpy/traj {speedup:.0f}x; targets are judged "
+        print(f"\n--quick: 5-body (paper physics) speedup vs numpy/traj {speedup:.0f}x; targets are judged "
               f"by the full run only")
         return
     print(f"\ntargets: paper preset speedup vs numpy/traj {speedup:.0f}x (target >= 300x): "
