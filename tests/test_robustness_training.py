@@ -77,3 +77,21 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(nb
         f"no space left on device; the previous checkpoint is kept")
     assert "Traceback" not in result["err"] + stderr
     assert result["epoch"] == 1 and result["files"] == ["last.pt"], result
+
+
+def test_full_disk_before_the_first_epoch_names_the_file(nbody_tiny, tmp_path):
+    # A 4 KiB tmpfs: the run lock fits, config.yaml does not.
+    mnt = tmp_path / "mnt"
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, os
+        from pipeline.cli import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["train", "data.dir={nbody_tiny}", "run_dir={mnt}/run", "train.epochs=1", *{TINY!r}])
+        print(json.dumps({{"rc": rc, "err": err.getvalue(), "files": sorted(os.listdir("{mnt}/run"))}}))
+    """)
+    result, stderr = run_on_tiny_fs(script, mnt, "size=4k")
+    assert result["rc"] == 2
+    assert result["err"].strip().splitlines()[-1] == \
+        f"invattn train: error: cannot write {mnt}/run/config.yaml: no space left on device"
+    assert result["files"] == [".lock"], "no empty or partial config.yaml is left behind"

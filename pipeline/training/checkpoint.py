@@ -17,7 +17,28 @@ import torch
 
 from models.registry import MODEL_FORMAT, MODEL_FORMATS
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "write_text_atomic", "cannot_write"]
+
+
+def cannot_write(path: Path, exc: OSError, kept: str = "") -> OSError:
+    """A one-line OSError naming ``path`` and the reason (``no space left on device``, ...)."""
+    reason = exc.strerror.lower() if exc.strerror else str(exc)
+    err = OSError(f"cannot write {path}: {reason}" + (f"; {kept}" if kept else ""))
+    err.errno = exc.errno
+    return err
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` via a temporary file: a full disk keeps the old file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc, "the previous file is kept" if path.is_file() else "") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
@@ -48,9 +69,8 @@ def save_checkpoint(state: dict, path: Path) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
-        reason = exc.strerror.lower() if exc.strerror else str(exc)
-        err = OSError(f"cannot write checkpoint {path}: {reason}; {kept}")
-        err.errno = exc.errno
+        err = cannot_write(path, exc, kept)
+        err.args = (str(err).replace("cannot write ", "cannot write checkpoint ", 1),)
         raise err from None
     finally:
         tmp.unlink(missing_ok=True)

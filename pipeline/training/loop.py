@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import flat_keys
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from pipeline.training.metrics_log import MetricsLog
 from pipeline.training.run_lock import run_dir_lock
 from pipeline.training.schedule import lr_factor
@@ -180,7 +180,7 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
         raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
                               f"it or choose another run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    write_text_atomic(run_dir / "config.yaml", config_yaml)
     metrics_log = MetricsLog(run_dir, resume_epoch=start_epoch, tensorboard=bool(tr.tensorboard))
     print(f"[{cfg.task}] {type(model).__name__} group={cfg.model.get('group')} params={n_params} "
           f"device={device} run_dir={run_dir} epochs {start_epoch}->{tr.epochs}", flush=True)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+from pipeline.training.checkpoint import cannot_write, write_text_atomic
 
 __all__ = ["MetricsLog"]
 
@@ -21,9 +24,7 @@ class MetricsLog:
         records = self.read(self.path)
         kept = [r for r in records if r.get("epoch", 0) <= resume_epoch]
         if len(kept) != len(records) or not self.path.exists():
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -39,9 +40,17 @@ class MetricsLog:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def log(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+        except OSError as exc:
+            try:  # drop a half-written line (truncating needs no space)
+                os.truncate(self.path, size)
+            except OSError:
+                pass
+            raise cannot_write(self.path, exc, "the earlier epochs are kept") from None
         if self._tb is not None:
             step = int(record["epoch"])
             for key, value in record.items():
