@@ -364,14 +364,17 @@ def write_merged(final, shards: list[tuple[Path, int, int]], n_sims: int, n_fram
                 Path(src).name, name, shape=(stop - start,) + shape[1:])
     tmp = temp_path(final)
     try:
-        with h5py.File(tmp, "w") as f:
-            for name, layout in layouts.items():
-                f.create_virtual_dataset(name, layout, fillvalue=np.nan)
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["virtual"] = True
-            f.attrs["shard_files"] = [Path(s).name for s, _, _ in shards]
-            f.attrs["complete"] = True
+        try:
+            with h5py.File(tmp, "w") as f:
+                for name, layout in layouts.items():
+                    f.create_virtual_dataset(name, layout, fillvalue=np.nan)
+                for key, value in attrs.items():
+                    f.attrs[key] = value
+                f.attrs["virtual"] = True
+                f.attrs["shard_files"] = [Path(s).name for s, _, _ in shards]
+                f.attrs["complete"] = True
+        except OSError as exc:
+            raise write_error(final, exc) from None
         if not replace and final.exists():
             raise FileExistsError(f"{final} already exists; pass overwrite=true to replace it")
         os.replace(tmp, final)

@@ -123,3 +123,29 @@ def test_file_size_limit_half_way_is_one_line_and_keeps_the_finished_file(tmp_pa
         f"invattn simulate: error: cannot write {out}/test.h5: file too large (file size limit)"
     assert sorted(os.listdir(out)) == ["train.h5"]
     assert read_trajectories(out / "train.h5")["positions"].shape[0] == 100
+
+
+def test_full_disk_during_a_merge_is_one_line_and_keeps_the_shards(tmp_path):
+    # A real tmpfs with 6 inodes: its root, the folder and the 4 shards; the merged file has none.
+    mnt = tmp_path / "mnt"
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, os
+        from pipeline.cli import main
+        from simulator.io import read_trajectories
+        with contextlib.redirect_stderr(io.StringIO()):
+            first = main(["simulate", "out={mnt}/o", "n_train=6", "n_test=4", "n_shards=2", "n_steps=300",
+                          "sample_freq=100", "progress=false"])
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["simulate-merge", "out={mnt}/o", "n_shards=2"])
+        shard = read_trajectories("{mnt}/o/train.shard-00000-of-00002.h5")
+        print(json.dumps({{"first": first, "rc": rc, "err": err.getvalue(),
+                          "files": sorted(os.listdir("{mnt}/o")), "n": int(shard["positions"].shape[0])}}))
+    """)
+    result, stderr = run_on_tiny_fs(script, mnt, "size=16m,nr_inodes=6")
+    assert result["first"] == 0 and result["rc"] == 2
+    assert result["err"].strip().splitlines()[-1] == \
+        f"invattn simulate-merge: error: cannot write {mnt}/o/train.h5: no space left on device"
+    assert "Traceback" not in result["err"] + stderr
+    assert result["files"] == [shard_name(s, i, 2) for s in ("test", "train") for i in range(2)]
+    assert result["n"] == 3
