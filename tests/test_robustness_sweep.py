@@ -27,6 +27,9 @@ def _last_error_line(capsys) -> str:
 
 
 def test_search_value_the_model_refuses_is_named_before_ray_starts(nbody_tiny, tmp_path, capsys):
+    import ray
+
+    ray_before = ray.is_initialized()   # False unless an earlier test left Ray running here
     rc = cli(["sweep", "name=t", f"results_dir={tmp_path}", f"data.dir={nbody_tiny}", *TRAIN,
               "model.group=SE3", "search.subdeterminants=[all,99]", "search.lr=[1e-3]"])
     assert rc == 2
@@ -34,8 +37,7 @@ def test_search_value_the_model_refuses_is_named_before_ray_starts(nbody_tiny, t
     assert line.startswith("invattn sweep: error: search.subdeterminants=99 is not a valid model: "), line
     assert "out of range: choose 1..10" in line
     assert not (tmp_path / "t").exists(), "nothing was started or written"
-    import ray
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
 
 
 @pytest.mark.parametrize("override, key, value", [("search.lr=[abc]", "search.lr", "abc"),
@@ -68,12 +70,14 @@ def test_missing_token_file_is_one_line(nbody_tiny, tmp_path, capsys, monkeypatc
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(missing))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    import ray
+
+    ray_before = ray.is_initialized()
     rc = cli(["sweep", "name=t", f"results_dir={tmp_path}", f"data.dir={nbody_tiny}", *TRAIN, "search.lr=[1e-3]"])
     assert rc == 2
     line = _last_error_line(capsys)
     assert line.startswith(f"invattn sweep: error: RAY_AUTH_TOKEN_PATH={missing} does not exist; "), line
-    import ray
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
 
 
 def _sweep(home: Path, results: Path, *extra) -> subprocess.CompletedProcess:
