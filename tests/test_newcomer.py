@@ -94,6 +94,15 @@ def test_qm9_training_prints_mae_with_units_and_mean_predictor(tmp_path, capsys)
     valid = QM9Dataset(data, "valid", "homo")
     expected = sum(abs(float(valid[i]["target"]) - float(mean)) for i in range(len(valid))) / len(valid)
     assert metrics["valid_mean_predictor_mae"] == pytest.approx(expected * HARTREE_TO_MEV, rel=1e-9)
+    assert metrics["valid_mae"] != metrics["valid_mean_predictor_mae"]
+    # `invattn evaluate` reports the same way.
+    assert cli(["evaluate", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == summary
+
+    from sweeps.cli import load_sweep_configs  # and a QM9 sweep's table shows the baseline
+
+    sweep_cfg, _ = load_sweep_configs(["task=qm9", f"data.dir={data}"])
+    assert "valid_mean_predictor_mae" in sweep_cfg.report_metrics
 
 
 # --- benchmarks: --help runs nothing, --quick exists ----------------------------------------
