@@ -79,37 +79,38 @@ def _check_keys(base: DictConfig, overrides: Iterable[str], source: str) -> None
 # --- value types -------------------------------------------------------------------------
 # A type is "int", "float", "bool", "str", "null", a quoted word ('all'), "list[T]" or
 # "dict[T]", joined by "|".  Only keys whose default does not show their type are listed;
-# tests/test_robustness_inputs.py checks that every null default is listed here.
-_SQL = "str | null"
+# tests/test_robustness_inputs.py checks that every key of every config gets a type.
+_STR_OR_NULL = "str | null"
 KEY_TYPES: dict[str, dict[str, str]] = {
     "simulate": {
-        "preset": _SQL, "box_size": "float | null", "shard_index": "int | null",
+        "preset": _STR_OR_NULL, "box_size": "float | null", "shard_index": "int | null",
         "num_threads": "int | null", "progress": "bool | str",
     },
     "preprocess_qm9": {
-        "exclude.ids_file": _SQL, "scheduler_address": _SQL, "connect_timeout_s": "float",
+        "exclude.ids_file": _STR_OR_NULL, "scheduler_address": _STR_OR_NULL, "connect_timeout_s": "float",
         "local.n_workers": "int | null", "local.memory_limit": "str | int",
-        "slurm.queue": _SQL, "slurm.account": _SQL, "slurm.job_extra_directives": "list[str]",
-        "slurm.local_directory": _SQL, "slurm.log_directory": _SQL, "slurm.interface": _SQL,
-        "slurm.python": _SQL, "slurm.wait_timeout_s": "float",
+        "slurm.queue": _STR_OR_NULL, "slurm.account": _STR_OR_NULL, "slurm.job_extra_directives": "list[str]",
+        "slurm.local_directory": _STR_OR_NULL, "slurm.log_directory": _STR_OR_NULL, "slurm.interface": _STR_OR_NULL,
+        "slurm.python": _STR_OR_NULL, "slurm.wait_timeout_s": "float",
     },
-    "evaluate": {"checkpoint": _SQL, "data_dir": _SQL, "output": _SQL},
+    "evaluate": {"checkpoint": _STR_OR_NULL, "data_dir": _STR_OR_NULL, "output": _STR_OR_NULL},
     "reproduce_table1": {
-        "lr_by_group": "dict[float] | null", "ray_address": _SQL, "cpus_per_trial": "float",
+        "lr_by_group": "dict[float] | null", "ray_address": _STR_OR_NULL, "cpus_per_trial": "float",
+        "output_dir": _STR_OR_NULL,
     },
     "sweep": {
-        "preset": _SQL, "train_preset": _SQL, "storage_path": _SQL, "metric": _SQL,
+        "preset": _STR_OR_NULL, "train_preset": _STR_OR_NULL, "storage_path": _STR_OR_NULL, "metric": _STR_OR_NULL,
         "report_metrics": "list[str] | null",
         "search.lr_loguniform": "list[float] | null", "search.subdeterminants": "list[int | 'all']",
         "search.groups": "list[str] | null", "search.lr_by_group": "dict[float] | null",
         "resources.cpus_per_trial": "float", "resources.gpus_per_trial": "float",
-        "ray.address": _SQL, "ray.num_cpus": "int | null", "ray.num_gpus": "int | null",
-        "ray.temp_dir": _SQL, "submitit.partition": _SQL, "submitit.cpus_per_node": "int | null",
+        "ray.address": _STR_OR_NULL, "ray.num_cpus": "int | null", "ray.num_gpus": "int | null",
+        "ray.temp_dir": _STR_OR_NULL, "submitit.partition": _STR_OR_NULL, "submitit.cpus_per_node": "int | null",
         "submitit.additional": "dict", "fault_injection.crash_once_at_epoch": "int | null",
     },
 }
 _TRAIN_TYPES = {
-    "preset": _SQL, "model.subdeterminants": "int | 'all'", "model.cross_products": "int | 'all'",
+    "preset": _STR_OR_NULL, "model.subdeterminants": "int | 'all'", "model.cross_products": "int | 'all'",
     "train.grad_clip": "float | null", "train.progress": "bool | str",
     "model.cutoff": "float | null", "model.cutoff_inner": "float | null",
 }

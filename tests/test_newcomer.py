@@ -123,7 +123,7 @@ def test_every_benchmark_takes_help_and_quick(script, tmp_path):
 # --- the newcomer path, end to end ------------------------------------------------------------
 
 # A short demo sweep (one trial, 3 epochs): the path, not the model, is under test here.
-DEMO_ARGS = "train.epochs=3 search.lr=[3e-3] search.subdeterminants=[4]"
+DEMO_ARGS = "train.epochs=3 'search.lr=[3e-3]' 'search.subdeterminants=[4]'"  # quoted for make's shell
 
 
 def reuse_environment(clone: Path) -> None:
