@@ -132,7 +132,8 @@ def test_submitit_job_requeued_on_time_limit_resumes_the_sweep(slurm_cluster, sm
     # it earlier (StartTime=now) raced that revocation and killed the new run (issue 16).
     best = submitit_launcher.wait_result(job, timeout=300)   # fails at once if the job dies
     log = (folder / f"{job.job_id}_0_log.out").read_text()
-    assert "Requeued job" in log and "requeued job: resuming the sweep" in log, log[-4000:]
+    # (Not submitit's "Requeued job": it logs that after `scontrol requeue`, racing the kill.)
+    assert "stopping Ray and requeueing" in log and "requeued job: resuming the sweep" in log, log[-4000:]
     assert "resuming sweep from" in log
     assert slurm_wait.job_status(job.job_id).restarts == 1
     table = ok_table(results / "rq", n=2, epochs=20)
