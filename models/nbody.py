@@ -141,5 +141,6 @@ class NBodyModel(nn.Module):
         edges = (q.index_select(0, source) * q.index_select(0, target)).unsqueeze(-1)  # q_i q_j
         nodes = Features(velocities[mask].unsqueeze(-2), q.unsqueeze(-1))
         hidden = self.backbone(nodes, edge_index, relative, edges, weights)
-        out = positions.new_zeros(*mask.shape, 2, 3).index_put((mask,), self.head(hidden).vectors)
+        out = self.head(hidden).vectors  # [n_real, 2, 3]; its dtype may differ under autocast
+        out = out.new_zeros(*mask.shape, 2, 3).index_put((mask,), out)
         return out[..., 0, :], out[..., 1, :]

@@ -59,7 +59,14 @@ class PairInputs(NamedTuple):
 
 
 def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """``a x b`` over the last dim (broadcasting)."""
+    """``a x b`` over the last dim (broadcasting).
+
+    Under autocast one factor may come out of a (bf16/fp16) matrix product and the other not;
+    ``linalg.cross`` wants one dtype, so both are promoted to the wider one.
+    """
+    if a.dtype != b.dtype:
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        a, b = a.to(dtype), b.to(dtype)
     return torch.linalg.cross(a, b, dim=-1)
 
 

@@ -179,8 +179,8 @@ class QM9Model(nn.Module):
             weights = switching_function(relative.pow(2).sum(-1), cutoff, inner)
             nodes = Features(positions.new_zeros(x.shape[0], 0, 3), scalars[mask])
             hidden = self.backbone(nodes, edge_index, relative, edges[g, j, i], weights)
-            per_atom = scalars.new_zeros(b, n, self.readout.out_shape.scalars).index_put(
-                (mask,), self.readout(hidden).scalars)
+            per_atom = self.readout(hidden).scalars  # [n_real, readout]; bf16 under autocast
+            per_atom = per_atom.new_zeros(b, n, per_atom.shape[-1]).index_put((mask,), per_atom)
         pooled = per_atom.sum(1)
         if self.pooling == "mean":
             pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1).to(dtype)

@@ -70,6 +70,13 @@ def scatter_switched_softmax_sum(logits: Tensor, weights: Tensor | None, target:
     usual max-shifted softmax. The exponent is capped below the dtype's overflow, which can only
     bind for pairs whose weight is below ``exp(-78)`` (float32), i.e. within rounding of the cutoff.
     """
+    out_dtype = values.dtype
+    # Under autocast the logits/values may be bf16/fp16 and the weights float32: accumulate in
+    # (at least) float32, as softmax does under autocast, and return the values' dtype.
+    dtype = torch.promote_types(torch.promote_types(logits.dtype, values.dtype), torch.float32)
+    logits, values = logits.to(dtype), values.to(dtype)
+    if weights is not None:
+        weights = weights.to(dtype)
     h = logits.shape[1]
     scores = logits.detach()
     if weights is not None:
@@ -84,7 +91,7 @@ def scatter_switched_softmax_sum(logits: Tensor, weights: Tensor | None, target:
     denominator = logits.new_zeros(n_nodes, h).index_add_(0, target, p)
     numerator = values.new_zeros(n_nodes, h, values.shape[-1]).index_add_(0, target, p[..., None] * values)
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return numerator / safe[..., None]
+    return (numerator / safe[..., None]).to(out_dtype)
 
 
 class SparseEquivariantAttention(EquivariantAttention):
