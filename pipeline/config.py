@@ -297,9 +297,11 @@ def describe_keys(name: str) -> str:
         if not m.group("rest").strip():
             stack.append((indent, m.group("key")))
     rows = []
+    types = key_types(name, cfg)
     for key, value in flat_keys(cfg).items():
         doc = docs.get(key, "")
-        rows.append(f"  {key}={value!r}" + (f"    # {doc}" if doc else ""))
+        kind = f"  ({types[key]})" if types.get(key) else ""
+        rows.append(f"  {key}={value!r}{kind}" + (f"    # {doc}" if doc else ""))
     presets = sorted(p.stem for p in (config_dir() / name).glob("*.yaml"))
     tail = f"\npresets (preset=NAME): {', '.join(presets)}" if presets else ""
-    return "keys (override with key=value):\n" + "\n".join(rows) + tail
+    return "keys (override with key=value; each value must have the type in parentheses):\n" + "\n".join(rows) + tail

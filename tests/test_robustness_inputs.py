@@ -64,6 +64,14 @@ def test_wrong_type_on_the_command_line_is_one_line(capsys):
     assert "config key train.epochs must be an integer" in one_error_line(capsys, "sweep")
 
 
+def test_help_shows_each_keys_type(capsys):
+    assert cli(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "  seed=0  (int)    # " in text
+    assert "  model.subdeterminants='all'  (int | 'all')    # " in text
+    assert "  train.grad_clip=None  (float | null)    # " in text
+
+
 def test_right_types_are_normalized():
     cfg = load_config("simulate", ["n_train=1e3", "dt=1", "out=2024", "box_size=null"])
     assert (cfg.n_train, cfg.dt, cfg.out, cfg.box_size) == (1000, 1.0, "2024", None)
