@@ -14,7 +14,29 @@ kept for reference and comparison only. Its output direction is ``v / |v|``, whi
 its gain near ``v = 0`` is about ``1 / sqrt(eps)``: a vector that vanishes by symmetry (the centre
 of a tetrahedral molecule) turns float32 rounding noise into O(1e-2) rotation errors.
 
-Measurements that chose the gate (issue 11): ``benchmarks/nonlinearity.py`` (see its ``--help``).
+Measurements that chose the gate (issue 11; ``benchmarks/nonlinearity.py --molecules 100
+--epochs 5``, CPU, torch 2.13, one seed; "trained-looking" = LayerNorm/gate parameters moved off
+their init by noise of 0.5, as training moves them):
+
+=================================================  ==========  ==========
+measurement                                        norm        gated
+=================================================  ==========  ==========
+float32 rotation error, paper-sized QM9Model SE3,
+first 100 real QM9 sample molecules, normalized
+units, worst molecule -- at init                   2.7e-06     7.2e-07
+-- trained-looking (worst: methane, gdb 1)         4.3e-04     9.5e-07
+max input gradient, paper-sized NBodyModel SE3,
+5 collinear bodies (float64) -- at init            285         1.06
+-- trained-looking                                 125         0.92
+N-body demo data (1000 sims), 5 epochs, test
+mse_x (constant-velocity baseline 0.0183)          0.0270      0.0072
+-- test mse_v                                      0.125       0.093
+=================================================  ==========  ==========
+
+Median rotation errors are 1e-7 to 5e-7 for both, so the gate brings symmetric molecules to the
+level of generic ones (``tests/test_numerics_models.py`` checks all 2000 sample molecules).
+The gate adds ``(L + T + 1) T`` parameters per layer: 184,908 / 116,732 for the N-body models
+(paper: 184K / 115K).
 
 Neither is in the paper's equations; the paper's released code uses a norm-based layer.
 """
