@@ -51,6 +51,31 @@ def test_readme_says_how_to_activate_right_after_the_setup_commands():
     assert "every new shell" in between and ".venv/bin/invattn" in between
 
 
+def test_every_readme_command_passes_the_config_checks():
+    """Every ``invattn`` line of the README names known keys with values of the right type."""
+    import shlex
+
+    from pipeline.cli import COMMANDS
+    from pipeline.config import load_config
+    from sweeps.cli import load_sweep_configs
+
+    checked = []
+    for block in bash_blocks(README.read_text()):
+        for cmd in (c for c in block if c.startswith("invattn ")):
+            name, *args = shlex.split(cmd)[1:] or ["--help"]
+            args = [a for a in args if a != "..."]  # "..." stands for more keys
+            if name not in COMMANDS or "--help" in args or any("$(" in a or "<" in a for a in args):
+                continue
+            config, _, _ = COMMANDS[name]
+            if config is None:
+                load_sweep_configs(args)
+            else:
+                task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")
+                load_config(config.format(task=task), args)
+            checked.append(cmd)
+    assert len(checked) >= 15, checked
+
+
 # --- `invattn simulate preset=demo` after the demo made that folder -------------------------
 
 def test_simulate_again_keeps_the_same_dataset_and_refuses_another(tmp_path, capsys):
