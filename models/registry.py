@@ -16,8 +16,8 @@ __all__ = ["MODELS", "MODEL_FORMAT", "MODEL_FORMATS", "register_model", "build_m
 # Version of the models' parameter layout, saved with every checkpoint: a model of one format
 # cannot load the weights of another. Bump it (and describe it here) whenever that changes.
 MODEL_FORMATS = {
-    1: "norm nonlinearity between attention layers (before issue 11)",
-    2: "gated nonlinearity between attention layers (issue 11)",
+    1: "norm nonlinearity between attention layers; before commit f846133",
+    2: "gated nonlinearity between attention layers; issue 11, commit f846133",
 }
 MODEL_FORMAT = max(MODEL_FORMATS)
 

@@ -114,5 +114,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise ValueError(
             f"checkpoint {path} holds model format {found} ({what}); this invattn builds format "
             f"{MODEL_FORMAT} ({MODEL_FORMATS[MODEL_FORMAT]}), which cannot load its weights: "
-            f"retrain in a new run_dir, or evaluate it with an invattn checkout from before that change")
+            f"retrain in a new run_dir, or evaluate it with the invattn of its format "
+            f"(format 1: `git checkout f846133~1`)")
     return state
