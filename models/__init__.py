@@ -2,8 +2,9 @@
 
 Public API
 ----------
-- :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); ``build_model(task,
-  **config)`` rebuilds either from plain keyword arguments (``model.config``).
+- :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); :class:`EGNN`: the
+  N-body baseline (task ``nbody_egnn``); ``build_model(task, **config)`` rebuilds any of them
+  from plain keyword arguments (``model.config``).
 - Building blocks: :class:`Features` / :class:`FeatureShape` (vectors ``[.., T, 3]`` + scalars
   ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
   (eq. 1-3, 9-12), :class:`GatedNonlinearity`, :class:`EquivariantTransformer` (the stack).
@@ -14,6 +15,7 @@ Public API
 """
 from models.attention import EquivariantAttention, masked_softmax
 from models.backbone import EquivariantTransformer
+from models.egnn import EGNN
 from models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
 from models.features import Features, FeatureShape
 from models.graph import radius_graph, switching_function
@@ -27,7 +29,7 @@ from models.sparse_attention import SparseEquivariantAttention
 from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = [
-    "NBodyModel", "QM9Model", "build_model", "MODELS",
+    "NBodyModel", "QM9Model", "EGNN", "build_model", "MODELS",
     "Features", "FeatureShape", "EquivariantMap", "CoefficientMLP", "EquivariantAttention",
     "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "GatedNonlinearity",
     "NormNonlinearity",

@@ -115,8 +115,9 @@ _TRAIN_TYPES = {
     "model.cutoff": "float | null", "model.cutoff_inner": "float | null",
 }
 KEY_TYPES["train_nbody"] = {**_TRAIN_TYPES, "data.max_train_sims": "int | null",
-                            "data.max_test_sims": "int | null"}
+                            "data.max_test_sims": "int | null", "data.start_frame": "int | null"}
 KEY_TYPES["train_qm9"] = dict(_TRAIN_TYPES)
+KEY_TYPES["reproduce_nbody_egnn"] = dict(KEY_TYPES["reproduce_table1"])
 
 _NAMES = {"int": ("an integer", "integers"), "float": ("a number", "numbers"),
           "bool": ("true or false", "true/false"), "str": ("a string", "strings"),

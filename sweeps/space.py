@@ -3,7 +3,7 @@
 ``search.lr`` and ``search.subdeterminants`` are lists (grid search); ``search.lr_loguniform``
 ``[low, high]`` instead samples the learning rate log-uniformly ``num_samples`` times;
 ``search.seeds`` repeats every point with different training seeds; ``search.groups`` adds a
-grid over ``model.group``, and ``search.lr_by_group`` (``{E3: lr, SE3: lr}``) then fixes each
+grid over ``model.group`` (``EGNN`` there means the baseline, ``model.name=egnn``), and ``search.lr_by_group`` (``{E3: lr, SE3: lr}``) then fixes each
 group's learning rate instead of the ``lr`` grid (the final runs of a reproduction).
 """
 from __future__ import annotations
@@ -54,9 +54,9 @@ def param_space(search: DictConfig) -> dict:
     space: dict = {}
     groups = [str(g) for g in (search.get("groups") or [])]
     if groups:
-        bad = sorted(set(groups) - {"E3", "SE3"})
+        bad = sorted(set(groups) - {"E3", "SE3", "EGNN"})
         if bad:
-            raise ValueError(f"search.groups entries must be E3 or SE3, got {bad}")
+            raise ValueError(f"search.groups entries must be E3, SE3 or EGNN (the baseline), got {bad}")
         space["group"] = tune.grid_search(groups)
     lr_by_group = search.get("lr_by_group")
     if lr_by_group:
@@ -103,7 +103,8 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
     ValueError
         Names the search key, the value and the model's reason.
     """
-    from models import NBodyModel, QM9Model
+    from models import QM9Model, build_model
+    from pipeline.training.nbody_task import nbody_model_kwargs
 
     def values(key):
         value = space.get(key)
@@ -111,7 +112,8 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
             return list(value["grid_search"])
         return [value] if value is not None else [None]
 
-    model_cls = {"nbody": NBodyModel, "qm9": QM9Model}.get(str(train_cfg.task))
+    model_cls = {"nbody": lambda **kw: build_model(nbody_model_kwargs(kw)[0], **nbody_model_kwargs(kw)[1]),
+                 "qm9": QM9Model}.get(str(train_cfg.task))
     if model_cls is None:
         return
     for group in values("group"):
@@ -130,9 +132,12 @@ def apply_trial_params(train_cfg: DictConfig, params: dict) -> DictConfig:
     """A copy of the training config with the trial's sampled values filled in."""
     cfg = train_cfg.copy()
     OmegaConf.set_struct(cfg, False)
-    if "group" in params:
-        cfg.model.group = str(params["group"])
-    lr = params["lr_by_group"][cfg.model.group] if "lr_by_group" in params else params["lr"]
+    group = str(params["group"]) if "group" in params else str(cfg.model.get("group"))
+    if group == "EGNN":  # the baseline: model.name=egnn (the attention keys do not apply)
+        cfg.model.name = "egnn"
+    elif "group" in params:
+        cfg.model.group = group
+    lr = params["lr_by_group"][group] if "lr_by_group" in params else params["lr"]
     cfg.optim.lr = float(lr)
     cfg.model.subdeterminants = params["subdeterminants"]
     if "seed" in params:

@@ -29,7 +29,7 @@ def test_trial_reproduction_leaves_docs_alone_and_publish_is_explicit(nbody_tiny
     shutil.copytree(REPO / "docs", docs)
     before = {p: p.read_bytes() for p in docs.rglob("*") if p.is_file()}
     proc = _reproduce(tmp_path, f"data_dir={nbody_tiny}", "lr_grid=[1e-3]", "lr_epochs=1", "epochs=1",
-                      "seeds=[0]", "cpus_per_trial=1")
+                      "seeds=[0]", "cpus_per_trial=1", "val_sims=16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p: p.read_bytes() for p in docs.rglob("*") if p.is_file()} == before, "docs/ changed"
     own = tmp_path / "results" / "table1"
@@ -38,10 +38,16 @@ def test_trial_reproduction_leaves_docs_alone_and_publish_is_explicit(nbody_tiny
     assert (own / "nbody_table1_curves.png").stat().st_size > 0
     assert "this repo, E(3)" in (own / "table1.md").read_text()
     assert "docs/ is unchanged; publish these numbers with" in proc.stdout
+    # Issue 15: the EGNN row, rates chosen on the validation split, every run kept in the JSON.
+    assert record["EGNN"]["seeds"] == [0] and "this repo, EGNN" in (own / "table1.md").read_text()
+    assert sorted(r["group"] for r in record["lr_runs"]) == ["E3", "EGNN", "SE3"]
+    assert all("val_mse_x" in r["curve"][-1] for r in record["lr_runs"])
+    assert all("val_mse_x" not in r["curve"][-1] for r in record["runs"])  # final: all 96 training sims
+    assert "validation" in record["protocol"]["lr_chosen_on"]
 
     # The explicit step: the same settings with publish=true, reporting on the finished runs.
     proc = _reproduce(tmp_path, f"data_dir={nbody_tiny}", "epochs=1", "seeds=[0]", "publish_only=true",
-                      "publish=true")
+                      "publish=true", "val_sims=16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     published = json.loads((docs / "results" / "nbody_table1.json").read_text())
     assert published["E3"]["mse_x"] == record["E3"]["mse_x"]

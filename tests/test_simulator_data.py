@@ -274,7 +274,7 @@ def test_help_documents_every_key(capsys):
     for key in yaml_keys:
         line = next(row for row in text.splitlines() if row.strip().startswith(f"{key}="))
         assert "    # " in line, f"key {key} has no comment"
-    assert "presets (preset=NAME): demo, nbody100, nbody1000, nri2d, paper, paper_x1000" in text
+    assert "presets (preset=NAME): demo, egnn_protocol, nbody100, nbody1000, nri2d, paper, paper_x1000" in text
 
 
 def test_presets_share_the_paper_physics():

@@ -65,23 +65,39 @@ class NBodyWindows:
     train : bool
         Random start frames (True) or evenly spread deterministic ones (False).
     max_sims : int or None
-        Use only the first ``max_sims`` simulations.
+        Use only the first ``max_sims`` simulations (of those ``sims`` selects).
     seed : int
         Seed of the start-frame generator (combined with the epoch).
+    sims : (int, int) or None
+        Use only simulations ``first .. stop - 1`` of the file (a validation split held out of
+        the training file; negative numbers count from the end as in Python slices).
+    start_frame : int or None
+        ``None``: start frames as above. An int: every window starts at this frame (the EGNN
+        paper's protocol: frame 30 -> frame 40).
 
     Raises
     ------
     FileNotFoundError
         The file is missing (the message says how to generate it).
     ValueError
-        ``delta_frames`` is not in ``1 .. n_frames - 1``, or ``max_sims`` is not positive.
+        ``delta_frames`` is not in ``1 .. n_frames - 1``, ``start_frame + delta_frames`` is past
+        the last frame, ``max_sims`` is not positive, or ``sims`` selects no simulation.
     """
 
     def __init__(self, path, *, delta_frames: int = 5, train: bool = True,
-                 max_sims: int | None = None, seed: int = 0):
+                 max_sims: int | None = None, seed: int = 0, sims: tuple[int, int] | None = None,
+                 start_frame: int | None = None):
         self.path = Path(path)
         data = _read_file(self.path)
         positions, velocities, charges = data["positions"], data["velocities"], data["charges"]
+        self.first_sim = 0
+        if sims is not None:
+            first, stop, _ = slice(*sims).indices(positions.shape[0])
+            if stop <= first:
+                raise ValueError(f"simulations {sims[0]}..{sims[1]} of {self.path} select none "
+                                 f"(the file holds {positions.shape[0]})")
+            positions, velocities, charges = (a[first:stop] for a in (positions, velocities, charges))
+            self.first_sim = first
         if max_sims is not None:
             if int(max_sims) <= 0:
                 raise ValueError(f"max_sims must be positive, got {max_sims}")
@@ -90,6 +106,11 @@ class NBodyWindows:
         if not 1 <= int(delta_frames) < n_frames:
             raise ValueError(f"delta_frames={delta_frames} must be in 1..{n_frames - 1} "
                              f"for {self.path} ({n_frames} frames)")
+        if start_frame is not None and not 0 <= int(start_frame) < n_frames - int(delta_frames):
+            raise ValueError(f"start_frame={start_frame} with delta_frames={delta_frames} must leave the "
+                             f"target inside the {n_frames} frames of {self.path} "
+                             f"(start_frame <= {n_frames - 1 - int(delta_frames)})")
+        self.start_frame = None if start_frame is None else int(start_frame)
         self.positions = np.ascontiguousarray(positions)
         self.velocities = np.ascontiguousarray(velocities)
         self.charges = np.ascontiguousarray(charges)
@@ -114,6 +135,8 @@ class NBodyWindows:
 
     def start_frames(self, epoch: int) -> np.ndarray:
         """Start frame of every simulation for ``epoch`` (int64 ``[n_sims]``)."""
+        if self.start_frame is not None:
+            return np.full(self.n_sims, self.start_frame, dtype=np.int64)
         if self.train:
             rng = np.random.default_rng([self.seed, int(epoch)])
             return rng.integers(0, self.max_start + 1, size=self.n_sims)

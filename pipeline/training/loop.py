@@ -76,7 +76,11 @@ def _progress(total: int, desc: str, mode: str):
 # Settings that define a run: resuming with different values would silently train another
 # model (or, for the schedule, a zero learning rate), so resume refuses them.
 RUN_DEFINING = ("task", "target", "seed", "model", "optim", "train.epochs", "train.batch_size",
-                "data.delta_frames", "data.max_train_sims", "data.augment_rotations")
+                "train.velocity_loss_weight", "data.delta_frames", "data.max_train_sims",
+                "data.augment_rotations", "data.val_sims", "data.start_frame")
+# Run-defining keys added later: a checkpoint saved without one was trained with this value.
+ADDED_LATER = {"model.name": "attention", "model.hidden": 64, "train.velocity_loss_weight": 1.0,
+               "data.val_sims": 0}
 
 
 def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
@@ -92,6 +96,9 @@ def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
         return out
 
     old, new = leaves(saved), leaves(cfg)
+    for key, value in ADDED_LATER.items():
+        if old.get(key) is None and key in new:
+            old[key] = value
     return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 
@@ -182,8 +189,10 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     metrics_log = MetricsLog(run_dir, resume_epoch=start_epoch, tensorboard=bool(tr.tensorboard))
-    print(f"[{cfg.task}] {type(model).__name__} group={cfg.model.get('group')} params={n_params} "
-          f"device={device} run_dir={run_dir} epochs {start_epoch}->{tr.epochs}", flush=True)
+    kind = type(model).__name__
+    group = "" if kind == "EGNN" else f" group={cfg.model.get('group')}"
+    print(f"[{cfg.task}] {kind}{group} params={n_params} device={device} run_dir={run_dir} "
+          f"epochs {start_epoch}->{tr.epochs}", flush=True)
 
     record: dict = dict(state["metrics"]) if start_epoch >= int(tr.epochs) else {}
     try:

@@ -1,6 +1,8 @@
 """The N-body task: predict the state ``delta_frames`` frames ahead (paper section 3, Table 1).
 
-Loss: mean squared error over displacement and velocity-change components together.
+Loss: ``(MSE x + w MSE v) / (1 + w)`` with ``w = train.velocity_loss_weight`` (1: the mean over
+displacement and velocity-change components together; 0: positions only, as in the EGNN paper).
+``model.name`` picks ours (``attention``) or the EGNN baseline (``egnn``).
 Metrics (test split): ``mse_x`` and ``mse_v``, the mean squared error of predicted positions
 and velocities (Table 1), beside two baselines computed on the same windows:
 ``zero_change`` (the state does not move) and ``constant_velocity`` (x + v * horizon, v kept).
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.nbody import NBodyWindows
 from pipeline.training.rotations import random_rotations
 
-__all__ = ["NBodyTask", "require_3d"]
+__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "model_label", "MODEL_NAMES"]
 
 
 def require_3d(path: Path) -> None:
@@ -39,8 +41,48 @@ def require_3d(path: Path) -> None:
                          f"yet. Simulate 3D data, e.g. `invattn simulate preset=paper`")
 
 
+# ``model.name`` -> registered model (models.registry); the keys each one takes from ``model.*``.
+MODEL_NAMES = {"attention": "nbody", "egnn": "nbody_egnn"}
+_EGNN_KEYS = ("n_layers", "hidden")
+
+
+def nbody_model_kwargs(model_cfg: dict) -> tuple[str, dict]:
+    """``(registered task, constructor arguments)`` for a ``model`` section of the N-body config.
+
+    ``model.name=attention`` (default; configs saved before the key existed have none) builds
+    :class:`~models.NBodyModel` from every key but ``name`` and ``hidden``; ``model.name=egnn``
+    builds the :class:`~models.EGNN` baseline from ``n_layers`` and ``hidden`` (the attention
+    keys do not apply to it and are ignored).
+
+    Raises
+    ------
+    ValueError
+        ``model.name`` is not one of :data:`MODEL_NAMES`.
+    """
+    kwargs = dict(model_cfg)
+    name = str(kwargs.pop("name", "attention"))
+    hidden = kwargs.pop("hidden", 64)
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)}")
+    if name == "egnn":
+        return MODEL_NAMES[name], {"n_layers": kwargs.get("n_layers", 4), "hidden": hidden}
+    return MODEL_NAMES[name], kwargs
+
+
+def model_label(model_cfg) -> str:
+    """``EGNN``, ``E3`` or ``SE3``: how tables and sweeps name the model of a config."""
+    if str(model_cfg.get("name", "attention")) == "egnn":
+        return "EGNN"
+    return str(model_cfg.get("group"))
+
+
 class NBodyTask:
-    """Data, model construction, loss and evaluation for N-body training."""
+    """Data, model construction, loss and evaluation for N-body training.
+
+    With ``data.val_sims = k > 0`` the last ``k`` simulations of the training file are a
+    validation split: training never sees them, and :meth:`evaluate` reports ``val_*`` metrics
+    on them beside the ``test_*`` ones (choose learning rates and epochs on ``val_*`` only).
+    """
 
     name = "nbody"
     default_metric = "test_mse_x"
@@ -53,18 +95,34 @@ class NBodyTask:
         self.batch_size = int(cfg.train.batch_size)
         self.eval_batch_size = int(cfg.train.eval_batch_size)
         self.augment = bool(data.augment_rotations)
+        # Keys added after checkpoints were first saved: absent means the old behaviour.
+        self.velocity_weight = float(cfg.train.get("velocity_loss_weight", 1.0))
+        val_sims = int(data.get("val_sims", 0) or 0)
+        start_frame = data.get("start_frame")
+        if val_sims < 0 or self.velocity_weight < 0:
+            raise ValueError(f"data.val_sims ({val_sims}) and train.velocity_loss_weight "
+                             f"({self.velocity_weight}) must not be negative")
         for name in (data.train_file, data.test_file):
             require_3d(root / name)
-        self.train_set = NBodyWindows(root / data.train_file, delta_frames=data.delta_frames,
-                                      train=True, max_sims=data.max_train_sims, seed=self.seed)
-        self.test_set = NBodyWindows(root / data.test_file, delta_frames=data.delta_frames,
-                                     train=False, max_sims=data.max_test_sims, seed=self.seed)
+        windows = dict(delta_frames=data.delta_frames, seed=self.seed, start_frame=start_frame)
+        self.val_set = None
+        if val_sims:  # the last val_sims simulations of the training file; at least one left to train
+            self.val_set = NBodyWindows(root / data.train_file, train=False, sims=(-val_sims, None),
+                                        **windows)
+            if self.val_set.n_sims != val_sims or self.val_set.first_sim == 0:
+                raise ValueError(f"data.val_sims={val_sims} must be smaller than the "
+                                 f"{self.val_set.n_sims} simulations of {root / data.train_file}")
+        self.train_set = NBodyWindows(root / data.train_file, train=True, max_sims=data.max_train_sims,
+                                      sims=(0, -val_sims) if val_sims else None, **windows)
+        self.test_set = NBodyWindows(root / data.test_file, train=False, max_sims=data.max_test_sims,
+                                     **windows)
         self.model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
 
     def build_model(self):
-        from models import NBodyModel
+        from models import build_model
 
-        return NBodyModel(**self.model_kwargs)
+        task, kwargs = nbody_model_kwargs(self.model_kwargs)
+        return build_model(task, **kwargs)
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)
@@ -86,17 +144,26 @@ class NBodyTask:
 
     def loss(self, model, batch) -> torch.Tensor:
         dx, dv = self._predict(model, batch)
-        return torch.cat([(dx - batch.delta_positions).pow(2).flatten(1),
-                          (dv - batch.delta_velocities).pow(2).flatten(1)], dim=1).mean()
+        mse_x = (dx - batch.delta_positions).pow(2).mean()
+        if self.velocity_weight == 0:  # positions only (EGNN protocol)
+            return mse_x
+        mse_v = (dv - batch.delta_velocities).pow(2).mean()
+        return (mse_x + self.velocity_weight * mse_v) / (1 + self.velocity_weight)
 
     @torch.no_grad()
     def evaluate(self, model, device) -> dict[str, float]:
-        """Test-split MSEs of the model and of the two baselines."""
+        """Test-split (and validation-split, ``val_*``) MSEs of the model and the two baselines."""
+        out = self._evaluate_split(model, device, self.test_set, "test")
+        if self.val_set is not None:
+            out.update(self._evaluate_split(model, device, self.val_set, "val"))
+        return out
+
+    def _evaluate_split(self, model, device, windows, prefix: str) -> dict[str, float]:
         sums = dict.fromkeys(["mse_x", "mse_v", "zero_change_mse_x", "zero_change_mse_v",
                               "constant_velocity_mse_x"], 0.0)
         count = 0
-        horizon = self.test_set.horizon_time
-        for batch in self.test_set.batches(0, self.eval_batch_size, dtype=torch.float64):
+        horizon = windows.horizon_time
+        for batch in windows.batches(0, self.eval_batch_size, dtype=torch.float64):
             b = batch.to(device, self.dtype)
             dx, dv = self._predict(model, b)
             dx, dv = dx.double().cpu(), dv.double().cpu()
@@ -107,9 +174,9 @@ class NBodyTask:
             sums["constant_velocity_mse_x"] += (
                 batch.velocities * horizon - batch.delta_positions).pow(2).sum().item()
             count += batch.delta_positions.numel()
-        out = {f"test_{k}": v / count for k, v in sums.items()}
+        out = {f"{prefix}_{k}": v / count for k, v in sums.items()}
         # Constant velocity keeps v, so its velocity error is the zero-change one.
-        out["test_constant_velocity_mse_v"] = out["test_zero_change_mse_v"]
+        out[f"{prefix}_constant_velocity_mse_v"] = out[f"{prefix}_zero_change_mse_v"]
         return out
 
     def state_dict(self) -> dict:
