@@ -56,6 +56,8 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
         sweep_cfg.metric = metric
     if sweep_cfg.report_metrics is None:
         sweep_cfg.report_metrics = columns or [sweep_cfg.metric]
+        if sweep_cfg.metric not in sweep_cfg.report_metrics:  # e.g. val_mse_x: show what ranks
+            sweep_cfg.report_metrics = [sweep_cfg.metric, *sweep_cfg.report_metrics]
     return sweep_cfg, train_cfg
 
 

@@ -254,29 +254,35 @@ def plot_curves(record: dict, path: Path, benchmark: str = "table1") -> None:
 
     colours = {"E3": "tab:blue", "SE3": "tab:orange", "EGNN": "tab:green"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labelled: set = set()
     for run in record.get("runs", []):
         curve = [c for c in run["curve"] if "test_mse_x" in c]
         if not curve:
             continue
         epochs = [c["epoch"] for c in curve]
-        colour = colours.get(run["group"], "black")
-        label = f"{run['group']} seed {run['seed']} (lr {run['lr']:.0e})"
+        group = run["group"]
+        colour = colours.get(group, "black")
+        first = group not in labelled  # one legend entry per model, not per seed
+        labelled.add(group)
+        seeds = sum(r["group"] == group for r in record["runs"])
+        label = f"{group} test (lr {run['lr']:.0e}, {seeds} seed{'s' * (seeds > 1)})" if first else None
         axes[0].plot(epochs, [c["test_mse_x"] for c in curve], color=colour, lw=1, label=label)
-        axes[1].plot(epochs, [c["test_mse_v"] for c in curve], color=colour, lw=1)
+        axes[1].plot(epochs, [c["test_mse_v"] for c in curve], color=colour, lw=1, label=label)
         val = [c for c in curve if "val_mse_x" in c]
         if val:
             axes[0].plot([c["epoch"] for c in val], [c["val_mse_x"] for c in val], color=colour,
-                         lw=0.8, ls="--", alpha=0.6, label=f"{run['group']} seed {run['seed']} validation")
-    styles = iter([":", "--", "-.", (0, (1, 3)), (0, (5, 2))] * 4)
-    for label, panel, value in REFERENCES[benchmark]:
-        axes[panel].axhline(value, color="gray", ls=next(styles), lw=1, label=label)
+                         lw=0.8, ls="--", alpha=0.6, label=f"{group} validation" if first else None)
+    names = list(dict.fromkeys(label for label, _, _ in REFERENCES[benchmark]))
+    styles = [":", "--", "-.", (0, (1, 3)), (0, (5, 2))]
+    for label, panel, value in REFERENCES[benchmark]:  # one line style per reference, both panels
+        axes[panel].axhline(value, color="gray", ls=styles[names.index(label) % len(styles)], lw=1, label=label)
     for ax, name in zip(axes, ("MSE x (positions)", "MSE v (velocities)")):
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=7)
     fig.suptitle(TITLES[benchmark])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

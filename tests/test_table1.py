@@ -46,3 +46,60 @@ def test_markdown_table_is_rewritten_between_markers_only(tmp_path):
     (tmp_path / "bare.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         update_markdown(tmp_path / "bare.md", rec)
+
+
+def val_run(group, seed, lr, epochs, best_epoch):
+    """A run with a validation split whose validation MSE is lowest at ``best_epoch``."""
+    r = run(group, seed, lr, epochs, 0.002 * (seed + 1), 0.04)
+    for rec in r["records"]:
+        rec["val_mse_x"] = 0.001 + 0.0001 * abs(rec["epoch"] - best_epoch)
+        rec["val_mse_v"] = 0.03
+    return r
+
+
+def test_egnn_row_mean_std_and_every_run_kept_in_the_record(tmp_path):
+    """Issue 15: three models, mean ± std per model, the JSON keeps every run's curve, and the
+    plot is drawn from the JSON record alone."""
+    import json
+
+    from sweeps.table1 import markdown_table, plot_json
+
+    runs = [run(g, s, 1e-3, 3, 0.002 * (s + 1), 0.04 + 0.01 * s) for g in ("E3", "SE3", "EGNN") for s in (0, 1, 2)]
+    lr_runs = [val_run(g, 0, lr, 2, 1) for g in ("E3", "SE3", "EGNN") for lr in (1e-3, 3e-3)]
+    rec = summarize(runs, command="c", epochs=3, lr_runs=lr_runs, protocol={"benchmark": "table1"})
+    assert rec["EGNN"]["mse_x"] == pytest.approx(0.004) and rec["EGNN"]["seeds"] == [0, 1, 2]
+    assert rec["EGNN"]["mse_x_std"] == pytest.approx(0.002)
+    assert len(rec["runs"]) == 9 and len(rec["lr_runs"]) == 6
+    assert [c["epoch"] for c in rec["runs"][0]["curve"]] == [1, 2, 3]
+    assert set(rec["lr_runs"][0]["curve"][0]) >= {"val_mse_x", "test_mse_x", "seconds_per_epoch"}
+    table = markdown_table(rec)
+    assert "| **this repo, EGNN (same data and protocol)** (lr 0.001) | 40.0 ± 20.0 |" in table
+    assert "| **this repo, E(3)** (lr 0.001) | 40.0 ± 20.0 |" in table
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(rec))
+    plot_json(path, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_best_validation_epoch_and_egnn_protocol_table(tmp_path):
+    from sweeps.table1 import markdown_table, plot_curves
+
+    runs = [val_run(g, s, 1e-3, 4, best_epoch=2 + s) for g in ("E3", "EGNN") for s in (0, 1)]
+    rec = summarize(runs, command="c", epochs=4)
+    # Seed 0's best validation epoch is 2 (test 0.002 * 3), seed 1's is 3 (test 0.004 * 2).
+    assert rec["E3"]["best_val_epoch_per_seed"] == [2, 3]
+    assert rec["E3"]["mse_x_best_val_per_seed"] == pytest.approx([0.006, 0.008])
+    table = markdown_table(rec, "egnn_protocol")
+    assert "| EGNN (Satorras et al. 2021) (published) | 0.0071 |" in table
+    assert "| **this repo, EGNN (same data and protocol)** (lr 0.001) | 0.0070 ± 0.0014 | 0.0030 ± 0.0014 |" in table
+    plot_curves(rec, tmp_path / "egnn.png", "egnn_protocol")
+    assert (tmp_path / "egnn.png").stat().st_size > 10_000
+
+
+def test_learning_rates_are_chosen_on_validation_not_test():
+    # Test MSE says 1e-3, validation says 3e-3: the reproduction ranks by validation.
+    a, b = val_run("E3", 0, 1e-3, 2, 1), val_run("E3", 0, 3e-3, 2, 2)
+    for rec in a["records"]:
+        rec["val_mse_x"] += 1.0
+    assert best_lr_per_group([a, b], metric="val_mse_x") == {"E3": 3e-3}
+    assert best_lr_per_group([a, b], metric="test_mse_x") == {"E3": 1e-3}
