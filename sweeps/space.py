@@ -3,8 +3,9 @@
 ``search.lr`` and ``search.subdeterminants`` are lists (grid search); ``search.lr_loguniform``
 ``[low, high]`` instead samples the learning rate log-uniformly ``num_samples`` times;
 ``search.seeds`` repeats every point with different training seeds; ``search.groups`` adds a
-grid over ``model.group`` (``EGNN`` there means the baseline, ``model.name=egnn``), and ``search.lr_by_group`` (``{E3: lr, SE3: lr}``) then fixes each
-group's learning rate instead of the ``lr`` grid (the final runs of a reproduction).
+grid over ``model.group`` (``EGNN`` there means the baseline, ``model.name=egnn``), and
+``search.lr_by_group`` (``{E3: lr, SE3: lr, EGNN: lr}``) then fixes each group's learning rate
+instead of the ``lr`` grid (the final runs of a reproduction).
 """
 from __future__ import annotations
 
@@ -112,8 +113,11 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
             return list(value["grid_search"])
         return [value] if value is not None else [None]
 
-    model_cls = {"nbody": lambda **kw: build_model(nbody_model_kwargs(kw)[0], **nbody_model_kwargs(kw)[1]),
-                 "qm9": QM9Model}.get(str(train_cfg.task))
+    def nbody(**model_cfg):  # ours or the EGNN baseline, as the training task builds it
+        task, kwargs = nbody_model_kwargs(model_cfg)
+        return build_model(task, **kwargs)
+
+    model_cls = {"nbody": nbody, "qm9": QM9Model}.get(str(train_cfg.task))
     if model_cls is None:
         return
     for group in values("group"):

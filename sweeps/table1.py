@@ -141,9 +141,11 @@ def summarize(runs: list[dict], *, command: str, epochs: int, lr_runs: list[dict
     out["command"] = command
     if protocol is not None:
         out["protocol"] = protocol
-    keep = lambda rs: [{"group": r["group"], "seed": r["seed"], "lr": r["lr"], "status": r["status"],  # noqa: E731
-                        "curve": _curve(r["records"])} for r in sorted(rs, key=lambda r: (
-                            str(r["group"]), r["seed"], r["lr"] or 0))]
+    def keep(rs):  # every run with its learning curve, in a stable order
+        rs = sorted(rs, key=lambda r: (str(r["group"]), r["seed"], r["lr"] or 0))
+        return [{"group": r["group"], "seed": r["seed"], "lr": r["lr"], "status": r["status"],
+                 "curve": _curve(r["records"])} for r in rs]
+
     out["runs"] = keep(runs)
     out["lr_runs"] = keep(lr_runs or [])
     return out
@@ -159,7 +161,8 @@ PAPER_ROWS = [  # Table 1 of the paper: MSE x (1e-4), MSE v (1e-3), time per epo
     ("Ours-E(3) (paper)", "31.2 ± 1.2", "54.4 ± 1.0", "5.9", "115K"),
 ]
 # Published test MSE of positions on the EGNN paper's N-body protocol (as quoted in issue 15).
-PUBLISHED_EGNN_PROTOCOL = [("EGNN (Satorras et al. 2021)", 0.0071), ("SEGNN (Brandstetter et al. 2022)", 0.0043),
+PUBLISHED_EGNN_PROTOCOL = [("EGNN (Satorras et al. 2021)", 0.0071),
+                           ("SEGNN (Brandstetter et al. 2022)", 0.0043),
                            ("CGENN (Ruhe et al. 2023)", 0.0039), ("MVN-GNN", 0.0035)]
 
 
@@ -297,6 +300,7 @@ def plot_json(json_path, png_path, benchmark: str | None = None) -> None:
 
 
 BENCHMARKS = ("table1", "egnn_protocol")
+COMMAND_NAMES = {"table1": "reproduce-table1", "egnn_protocol": "reproduce-nbody-egnn"}
 
 
 def _check(cfg: DictConfig) -> None:
@@ -377,14 +381,16 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
     lr_runs = collect_runs(lr_dir) if (lr_dir / "ray").is_dir() else []
     # The command that produced the runs (publish_only=true only reports on them).
     saved = final_dir / "command.txt"
+    name = COMMAND_NAMES[str(cfg.benchmark)]
     command = saved.read_text().strip() if cfg.publish_only and saved.is_file() else (
-        f"invattn {sys.argv[1] if len(sys.argv) > 1 else 'reproduce-table1'} "
-        + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip()
+        f"invattn {name} " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip()
     if not cfg.publish_only:
         saved.write_text(command + "\n")
     protocol = {"benchmark": str(cfg.benchmark), "data_dir": str(cfg.data_dir),
-                "simulate_preset": str(cfg.simulate_preset), "train_presets": [str(cfg.lr_preset), str(cfg.final_preset)],
-                "lr_chosen_on": f"validation: the last {cfg.val_sims} training simulations (never the test set)",
+                "simulate_preset": str(cfg.simulate_preset),
+                "sweep_presets": [str(cfg.lr_preset), str(cfg.final_preset)],
+                "lr_chosen_on": f"validation: the last {cfg.val_sims} training simulations "
+                                f"(never the test set)",
                 "final_val_sims": int(cfg.final_val_sims), "lr_grid": [float(x) for x in cfg.lr_grid],
                 "lr_epochs": int(cfg.lr_epochs)}
     record = summarize(runs, command=command, epochs=int(cfg.epochs), lr_runs=lr_runs, protocol=protocol)
@@ -395,11 +401,11 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
         tmp.replace(out)
         plot_json(out, plot, str(cfg.benchmark))
         update_markdown(markdown, record, str(cfg.benchmark))
-    print(json.dumps({g: {k: record[g].get(k) for k in ("mse_x", "mse_x_best_val", "mse_v", "lr", "epochs")}
-                      for g in record if g in MODELS}, indent=2))
+    shown = ("mse_x", "mse_x_best_val", "mse_v", "lr", "epochs")
+    print(json.dumps({g: {k: record[g].get(k) for k in shown} for g in record if g in MODELS}, indent=2))
     for out, plot, markdown in targets:
         print(f"wrote {out}, {plot} and {markdown}", flush=True)
     if not cfg.publish:
-        print(f"(docs/ is unchanged; publish these numbers with `invattn {sys.argv[1] if len(sys.argv) > 1 else 'reproduce-table1'} "
+        print(f"(docs/ is unchanged; publish these numbers with `invattn {name} "
               f"publish_only=true publish=true` and the same settings)", flush=True)
     return 0

@@ -103,3 +103,20 @@ def test_learning_rates_are_chosen_on_validation_not_test():
         rec["val_mse_x"] += 1.0
     assert best_lr_per_group([a, b], metric="val_mse_x") == {"E3": 3e-3}
     assert best_lr_per_group([a, b], metric="test_mse_x") == {"E3": 1e-3}
+
+
+@pytest.mark.parametrize("command, args, words", [
+    ("reproduce-table1", ["groups=[E3,GNN]"], ["groups", "GNN"]),
+    ("reproduce-table1", ["val_sims=0"], ["val_sims", "never on the test set"]),
+    ("reproduce-nbody-egnn", ["lr_by_group={E3: 1e-3}"], ["lr_by_group", "EGNN, SE3"]),
+    ("reproduce-nbody-egnn", ["benchmark=qm9"], ["benchmark", "qm9"]),
+])
+def test_reproduction_settings_fail_in_one_line_before_any_work(command, args, words, tmp_path, capsys,
+                                                                 monkeypatch):
+    from pipeline.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli([command, *args]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert all(w in line for w in words), line
+    assert not any(tmp_path.iterdir()), "nothing is simulated or written"

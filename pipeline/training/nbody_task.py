@@ -43,7 +43,6 @@ def require_3d(path: Path) -> None:
 
 # ``model.name`` -> registered model (models.registry); the keys each one takes from ``model.*``.
 MODEL_NAMES = {"attention": "nbody", "egnn": "nbody_egnn"}
-_EGNN_KEYS = ("n_layers", "hidden")
 
 
 def nbody_model_kwargs(model_cfg: dict) -> tuple[str, dict]:
@@ -58,6 +57,11 @@ def nbody_model_kwargs(model_cfg: dict) -> tuple[str, dict]:
     ------
     ValueError
         ``model.name`` is not one of :data:`MODEL_NAMES`.
+
+    Examples
+    --------
+    >>> nbody_model_kwargs({"name": "egnn", "hidden": 64, "n_layers": 4, "group": "E3"})
+    ('nbody_egnn', {'n_layers': 4, 'hidden': 64})
     """
     kwargs = dict(model_cfg)
     name = str(kwargs.pop("name", "attention"))
