@@ -1,4 +1,4 @@
-"""The EGNN baseline through the same pipeline as ours (issue 15): `invattn train model.name=egnn`,
+"""The EGNN baseline through the same pipeline as ours (issue 15): `invattn train architecture=egnn`,
 checkpoints that evaluate and resume, sweeps over E3/SE3/EGNN; the validation split held out of
 the training simulations; the EGNN-protocol fixed start frame and positions-only loss."""
 from __future__ import annotations
@@ -22,15 +22,15 @@ from sweeps.space import apply_trial_params, check_space_against_model, param_sp
 def tiny_cfg(data_dir, run_dir, *extra):
     return load_config("train_nbody", [
         f"data.dir={data_dir}", f"run_dir={run_dir}", "train.epochs=2", "train.batch_size=16",
-        "train.num_threads=1", "train.tensorboard=false", "optim.lr=1e-3", "model.name=egnn",
-        "model.hidden=16", "model.n_layers=2", *extra])
+        "train.num_threads=1", "train.tensorboard=false", "optim.lr=1e-3", "architecture=egnn",
+        "egnn.hidden=16", "egnn.n_layers=2", *extra])
 
 
 def test_egnn_trains_evaluates_and_resumes_through_invattn_train(nbody_tiny, tmp_path, capsys):
     run = tmp_path / "egnn"
     rc = cli(["train", f"data.dir={nbody_tiny}", f"run_dir={run}", "train.epochs=3",
               "train.batch_size=16", "train.num_threads=1", "train.tensorboard=false",
-              "model.name=egnn", "model.hidden=16", "model.n_layers=2", "optim.lr=3e-3"])
+              "architecture=egnn", "egnn.hidden=16", "egnn.n_layers=2", "optim.lr=3e-3"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "EGNN params=" in out and "group=" not in out.splitlines()[0]
@@ -39,7 +39,7 @@ def test_egnn_trains_evaluates_and_resumes_through_invattn_train(nbody_tiny, tmp
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert records[-1]["test_mse_x"] < records[-1]["test_zero_change_mse_x"]
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["config"]["model"]["name"] == "egnn"
+    assert state["config"]["architecture"] == "egnn" and state["config"]["egnn"]["hidden"] == 16
     assert any(k.startswith("layers.1.velocity") for k in state["model"])  # the EGNN's weights
     from models import EGNN
 
@@ -48,26 +48,26 @@ def test_egnn_trains_evaluates_and_resumes_through_invattn_train(nbody_tiny, tmp
     metrics = evaluate_checkpoint(run / "checkpoints" / "last.pt", device="cpu")
     assert metrics["test_mse_x"] == pytest.approx(records[-1]["test_mse_x"], rel=1e-6)
     # Resuming the EGNN run as another model is refused, naming the key.
-    with pytest.raises(ValueError, match="model.name: egnn -> attention"):
-        train(tiny_cfg(nbody_tiny, run, "model.name=attention", "train.epochs=3",
+    with pytest.raises(ValueError, match="architecture: egnn -> attention"):
+        train(tiny_cfg(nbody_tiny, run, "architecture=attention", "train.epochs=3",
                        "optim.lr=3e-3"))
 
 
 def test_checkpoint_without_the_new_keys_still_resumes(nbody_tiny, tmp_path):
-    """Checkpoints saved before model.name / val_sims / velocity_loss_weight existed."""
+    """Checkpoints saved before architecture / egnn / val_sims / velocity_loss_weight existed."""
     cfg = load_config("train_nbody", [f"data.dir={nbody_tiny}", f"run_dir={tmp_path}", "train.epochs=1",
                                       "train.batch_size=32", "train.num_threads=1", "train.tensorboard=false",
                                       "model.group=E3", "model.n_layers=1"])
     train(cfg)
     ckpt = tmp_path / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt)
-    for section, key in (("model", "name"), ("model", "hidden"), ("data", "val_sims"),
-                         ("data", "start_frame"), ("train", "velocity_loss_weight")):
+    del state["config"]["architecture"], state["config"]["egnn"]
+    for section, key in (("data", "val_sims"), ("data", "start_frame"), ("train", "velocity_loss_weight")):
         del state["config"][section][key]
     torch.save(state, ckpt)
     assert train(cfg)["epoch"] == 1  # the same run: accepted (nothing left to train)
-    cfg.model.name = "egnn"
-    with pytest.raises(ValueError, match="model.name: attention -> egnn"):
+    cfg.architecture = "egnn"
+    with pytest.raises(ValueError, match="architecture: attention -> egnn"):
         train(cfg)
 
 
@@ -119,14 +119,14 @@ def test_sweep_space_takes_egnn_as_a_group(nbody_tiny, tmp_path):
     search = OmegaConf.create({"groups": ["E3", "EGNN"], "lr_by_group": {"E3": 1e-3, "EGNN": 5e-4},
                                "subdeterminants": ["all"], "seeds": [0]})
     space = param_space(search)
-    base = tiny_cfg(nbody_tiny, tmp_path, "model.name=attention")
+    base = tiny_cfg(nbody_tiny, tmp_path, "architecture=attention")
     check_space_against_model(base, space)  # builds both models
     egnn = apply_trial_params(base, {"group": "EGNN", "lr_by_group": space["lr_by_group"],
                                      "subdeterminants": "all"})
     ours = apply_trial_params(base, {"group": "E3", "lr_by_group": space["lr_by_group"],
                                      "subdeterminants": "all"})
-    assert (egnn.model.name, egnn.optim.lr, model_label(egnn.model)) == ("egnn", 5e-4, "EGNN")
-    assert (ours.model.name, ours.optim.lr, model_label(ours.model)) == ("attention", 1e-3, "E3")
+    assert (egnn.architecture, egnn.optim.lr, model_label(egnn)) == ("egnn", 5e-4, "EGNN")
+    assert (ours.architecture, ours.optim.lr, model_label(ours)) == ("attention", 1e-3, "E3")
     with pytest.raises(ValueError, match="E3, SE3 or EGNN"):
         param_space(OmegaConf.create({**OmegaConf.to_container(search), "groups": ["GNN"]}))
 

@@ -75,12 +75,12 @@ def _progress(total: int, desc: str, mode: str):
 
 # Settings that define a run: resuming with different values would silently train another
 # model (or, for the schedule, a zero learning rate), so resume refuses them.
-RUN_DEFINING = ("task", "target", "seed", "model", "optim", "train.epochs", "train.batch_size",
+RUN_DEFINING = ("task", "target", "seed", "architecture", "model", "egnn", "optim", "train.epochs", "train.batch_size",
                 "train.velocity_loss_weight", "data.delta_frames", "data.max_train_sims",
                 "data.augment_rotations", "data.val_sims", "data.start_frame")
 # Run-defining keys added later: a checkpoint saved without one was trained with this value.
-ADDED_LATER = {"model.name": "attention", "model.hidden": 64, "train.velocity_loss_weight": 1.0,
-               "data.val_sims": 0}
+ADDED_LATER = {"architecture": "attention", "egnn.n_layers": 4, "egnn.hidden": 64,
+               "train.velocity_loss_weight": 1.0, "data.val_sims": 0}
 
 
 def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
@@ -156,7 +156,7 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
     task = make_task(cfg)
     try:
         model = task.build_model().to(device)
-    except (TypeError, ValueError) as exc:  # the model names the argument; say it is model.*
+    except (TypeError, ValueError) as exc:  # the model names the argument; say it is model.* (or egnn.*)
         raise ValueError(f"invalid model.* setting: {exc}") from exc
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
                                  weight_decay=float(cfg.optim.weight_decay))

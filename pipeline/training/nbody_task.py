@@ -2,7 +2,7 @@
 
 Loss: ``(MSE x + w MSE v) / (1 + w)`` with ``w = train.velocity_loss_weight`` (1: the mean over
 displacement and velocity-change components together; 0: positions only, as in the EGNN paper).
-``model.name`` picks ours (``attention``) or the EGNN baseline (``egnn``).
+``architecture`` picks ours (``attention``, ``model.*``) or the EGNN baseline (``egnn``, ``egnn.*``).
 Metrics (test split): ``mse_x`` and ``mse_v``, the mean squared error of predicted positions
 and velocities (Table 1), beside two baselines computed on the same windows:
 ``zero_change`` (the state does not move) and ``constant_velocity`` (x + v * horizon, v kept).
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.nbody import NBodyWindows
 from pipeline.training.rotations import random_rotations
 
-__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "model_label", "MODEL_NAMES"]
+__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "model_label", "ARCHITECTURES"]
 
 
 def require_3d(path: Path) -> None:
@@ -41,43 +41,43 @@ def require_3d(path: Path) -> None:
                          f"yet. Simulate 3D data, e.g. `invattn simulate preset=paper`")
 
 
-# ``model.name`` -> registered model (models.registry); the keys each one takes from ``model.*``.
-MODEL_NAMES = {"attention": "nbody", "egnn": "nbody_egnn"}
+# ``architecture`` -> (registered model in models.registry, config section of its arguments).
+ARCHITECTURES = {"attention": ("nbody", "model"), "egnn": ("nbody_egnn", "egnn")}
 
 
-def nbody_model_kwargs(model_cfg: dict) -> tuple[str, dict]:
-    """``(registered task, constructor arguments)`` for a ``model`` section of the N-body config.
+def nbody_model_kwargs(cfg) -> tuple[str, dict]:
+    """``(registered task, constructor arguments)`` for an N-body training config.
 
-    ``model.name=attention`` (default; configs saved before the key existed have none) builds
-    :class:`~models.NBodyModel` from every key but ``name`` and ``hidden``; ``model.name=egnn``
-    builds the :class:`~models.EGNN` baseline from ``n_layers`` and ``hidden`` (the attention
-    keys do not apply to it and are ignored).
+    ``architecture=attention`` (default; configs saved before the key existed have none) builds
+    :class:`~models.NBodyModel` from ``model.*``; ``architecture=egnn`` builds the
+    :class:`~models.EGNN` baseline from ``egnn.*``. Each section holds exactly its model's
+    constructor arguments, so ``build_model(task, **section)`` rebuilds it (models.registry).
 
     Raises
     ------
     ValueError
-        ``model.name`` is not one of :data:`MODEL_NAMES`.
+        ``architecture`` is not one of :data:`ARCHITECTURES`.
 
     Examples
     --------
-    >>> nbody_model_kwargs({"name": "egnn", "hidden": 64, "n_layers": 4, "group": "E3"})
+    >>> nbody_model_kwargs({"architecture": "egnn", "egnn": {"n_layers": 4, "hidden": 64}, "model": {}})
     ('nbody_egnn', {'n_layers': 4, 'hidden': 64})
     """
-    kwargs = dict(model_cfg)
-    name = str(kwargs.pop("name", "attention"))
-    hidden = kwargs.pop("hidden", 64)
-    if name not in MODEL_NAMES:
-        raise ValueError(f"model.name={name!r} is not one of {', '.join(MODEL_NAMES)}")
-    if name == "egnn":
-        return MODEL_NAMES[name], {"n_layers": kwargs.get("n_layers", 4), "hidden": hidden}
-    return MODEL_NAMES[name], kwargs
+    name = str(cfg.get("architecture") or "attention")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture={name!r} is not one of {', '.join(ARCHITECTURES)}")
+    task, section = ARCHITECTURES[name]
+    kwargs = cfg.get(section) or {}
+    if isinstance(kwargs, DictConfig):
+        kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    return task, dict(kwargs)
 
 
-def model_label(model_cfg) -> str:
-    """``EGNN``, ``E3`` or ``SE3``: how tables and sweeps name the model of a config."""
-    if str(model_cfg.get("name", "attention")) == "egnn":
+def model_label(cfg) -> str:
+    """``EGNN``, ``E3`` or ``SE3``: how tables and sweeps name the model of a training config."""
+    if str(cfg.get("architecture") or "attention") == "egnn":
         return "EGNN"
-    return str(model_cfg.get("group"))
+    return str(cfg.model.get("group"))
 
 
 class NBodyTask:
@@ -120,13 +120,12 @@ class NBodyTask:
                                       sims=(0, -val_sims) if val_sims else None, **windows)
         self.test_set = NBodyWindows(root / data.test_file, train=False, max_sims=data.max_test_sims,
                                      **windows)
-        self.model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+        self.model_task, self.model_kwargs = nbody_model_kwargs(cfg)
 
     def build_model(self):
         from models import build_model
 
-        task, kwargs = nbody_model_kwargs(self.model_kwargs)
-        return build_model(task, **kwargs)
+        return build_model(self.model_task, **self.model_kwargs)
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)
