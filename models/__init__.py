@@ -2,9 +2,9 @@
 
 Public API
 ----------
-- :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); :class:`EGNN`: the
-  N-body baseline (task ``nbody_egnn``); ``build_model(task, **config)`` rebuilds any of them
-  from plain keyword arguments (``model.config``).
+- :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); ``build_model(task,
+  **config)`` rebuilds either from plain keyword arguments (``model.config``). :class:`EGNN`: the
+  N-body baseline (``EGNN(**model.config)`` rebuilds it).
 - Building blocks: :class:`Features` / :class:`FeatureShape` (vectors ``[.., T, 3]`` + scalars
   ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
   (eq. 1-3, 9-12), :class:`GatedNonlinearity`, :class:`EquivariantTransformer` (the stack).

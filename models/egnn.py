@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from models.inputs import check_shape, prepare_mask
-from models.registry import constructor_config, register_model
+from models.registry import constructor_config
 
 __all__ = ["EGNNLayer", "EGNN"]
 
@@ -84,7 +84,6 @@ class EGNNLayer(nn.Module):
         return h, x, v
 
 
-@register_model("nbody_egnn")
 class EGNN(nn.Module):
     """EGNN for charged N-body dynamics: predicts displacement and velocity change per body.
 

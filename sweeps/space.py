@@ -104,8 +104,8 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
     ValueError
         Names the search key, the value and the model's reason.
     """
-    from models import QM9Model, build_model
-    from pipeline.training.nbody_task import nbody_model_kwargs
+    from models import QM9Model
+    from pipeline.training.nbody_task import build_nbody_model, nbody_model_kwargs
 
     def values(key):
         value = space.get(key)
@@ -122,8 +122,7 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
             cfg = apply_trial_params(train_cfg, params)
             try:
                 if str(train_cfg.task) == "nbody":  # ours or the EGNN baseline, as training builds it
-                    task, kwargs = nbody_model_kwargs(cfg)
-                    build_model(task, **kwargs)
+                    build_nbody_model(*nbody_model_kwargs(cfg))
                 else:
                     QM9Model(**OmegaConf.to_container(cfg.model, resolve=True))
             except (TypeError, ValueError) as exc:

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.nbody import NBodyWindows
 from pipeline.training.rotations import random_rotations
 
-__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "model_label", "ARCHITECTURES"]
+__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "build_nbody_model", "model_label",
+           "ARCHITECTURES"]
 
 
 def require_3d(path: Path) -> None:
@@ -41,17 +42,17 @@ def require_3d(path: Path) -> None:
                          f"yet. Simulate 3D data, e.g. `invattn simulate preset=paper`")
 
 
-# ``architecture`` -> (registered model in models.registry, config section of its arguments).
-ARCHITECTURES = {"attention": ("nbody", "model"), "egnn": ("nbody_egnn", "egnn")}
+# ``architecture`` -> the config section that holds its model's constructor arguments.
+ARCHITECTURES = {"attention": "model", "egnn": "egnn"}
 
 
 def nbody_model_kwargs(cfg) -> tuple[str, dict]:
-    """``(registered task, constructor arguments)`` for an N-body training config.
+    """``(architecture, constructor arguments)`` for an N-body training config.
 
     ``architecture=attention`` (default; configs saved before the key existed have none) builds
     :class:`~models.NBodyModel` from ``model.*``; ``architecture=egnn`` builds the
     :class:`~models.EGNN` baseline from ``egnn.*``. Each section holds exactly its model's
-    constructor arguments, so ``build_model(task, **section)`` rebuilds it (models.registry).
+    constructor arguments (``build_model("nbody", **model)``, ``EGNN(**egnn)``).
 
     Raises
     ------
@@ -61,16 +62,22 @@ def nbody_model_kwargs(cfg) -> tuple[str, dict]:
     Examples
     --------
     >>> nbody_model_kwargs({"architecture": "egnn", "egnn": {"n_layers": 4, "hidden": 64}, "model": {}})
-    ('nbody_egnn', {'n_layers': 4, 'hidden': 64})
+    ('egnn', {'n_layers': 4, 'hidden': 64})
     """
     name = str(cfg.get("architecture") or "attention")
     if name not in ARCHITECTURES:
         raise ValueError(f"architecture={name!r} is not one of {', '.join(ARCHITECTURES)}")
-    task, section = ARCHITECTURES[name]
-    kwargs = cfg.get(section) or {}
+    kwargs = cfg.get(ARCHITECTURES[name]) or {}
     if isinstance(kwargs, DictConfig):
         kwargs = OmegaConf.to_container(kwargs, resolve=True)
-    return task, dict(kwargs)
+    return name, dict(kwargs)
+
+
+def build_nbody_model(architecture: str, kwargs: dict):
+    """The model of :func:`nbody_model_kwargs`'s answer (ours from the registry, or the EGNN)."""
+    from models import EGNN, build_model
+
+    return EGNN(**kwargs) if architecture == "egnn" else build_model("nbody", **kwargs)
 
 
 def model_label(cfg) -> str:
@@ -120,12 +127,10 @@ class NBodyTask:
                                       sims=(0, -val_sims) if val_sims else None, **windows)
         self.test_set = NBodyWindows(root / data.test_file, train=False, max_sims=data.max_test_sims,
                                      **windows)
-        self.model_task, self.model_kwargs = nbody_model_kwargs(cfg)
+        self.architecture, self.model_kwargs = nbody_model_kwargs(cfg)
 
     def build_model(self):
-        from models import build_model
-
-        return build_model(self.model_task, **self.model_kwargs)
+        return build_nbody_model(self.architecture, self.model_kwargs)
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)
