@@ -137,3 +137,12 @@ def test_evaluate_command_on_an_egnn_checkpoint(nbody_tiny, tmp_path, capsys):
     assert cli(["evaluate", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
                 f"output={out}", "device=cpu"]) == 0
     assert json.loads(out.read_text())["epoch"] == 1
+
+
+def test_bad_egnn_setting_names_its_section(nbody_tiny, tmp_path, capsys):
+    rc = cli(["train", f"data.dir={nbody_tiny}", f"run_dir={tmp_path}", "architecture=egnn", "egnn.hidden=0"])
+    assert rc == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid egnn.* setting" in line and "hidden" in line, line
+    assert cli(["train", f"data.dir={nbody_tiny}", f"run_dir={tmp_path}", "architecture=gnn"]) == 2
+    assert "architecture='gnn' is not one of attention, egnn" in capsys.readouterr().err

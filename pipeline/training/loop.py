@@ -156,8 +156,9 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
     task = make_task(cfg)
     try:
         model = task.build_model().to(device)
-    except (TypeError, ValueError) as exc:  # the model names the argument; say it is model.* (or egnn.*)
-        raise ValueError(f"invalid model.* setting: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # the model names the argument; say which section
+        section = "egnn" if cfg.get("architecture") == "egnn" else "model"
+        raise ValueError(f"invalid {section}.* setting: {exc}") from exc
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
                                  weight_decay=float(cfg.optim.weight_decay))
     factor = functools.partial(
