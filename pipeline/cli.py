@@ -38,6 +38,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# task=... values of the commands whose config name holds "{task}" (configs/train_<task>.yaml).
+TASKS = ("nbody", "qm9")
+
+# What an interrupted command leaves behind and how to continue (printed after Ctrl-C).
+_ON_INTERRUPT = {
+    "train": "the last checkpoint is kept; run the same command again to resume",
+    "preprocess-qm9": "finished shards are kept; run the same command again to resume",
+    "sweep": "run it again with resume=true to continue the sweep",
+}
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     rows = "\n".join(f"  {n.ljust(width)}  {s}" for n, (_, _, s) in COMMANDS.items())
@@ -63,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     if config_name is None:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
     task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")
+    if "{task}" in config_name and task not in TASKS:
+        print(f"invattn {name}: error: task={task!r} is not one of {', '.join(TASKS)}", file=sys.stderr)
+        return 2
     config_name = config_name.format(task=task)
     if any(a in ("-h", "--help") for a in args):
-        print(f"invattn {name}: {summary}\n")
-        print(describe_keys(config_name))
+        try:
+            print(f"invattn {name}: {summary}\n")
+            print(describe_keys(config_name), flush=True)
+        except BrokenPipeError:  # `invattn train --help | head`: the reader left early
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return run_guarded(
         name, lambda: getattr(importlib.import_module(module), func)(load_config(config_name, args)))
@@ -87,7 +104,8 @@ def run_guarded(name: str, body) -> int:
         print(f"invattn {name}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"invattn {name}: interrupted", file=sys.stderr)
+        hint = f" ({_ON_INTERRUPT[name]})" if name in _ON_INTERRUPT else ""
+        print(f"invattn {name}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

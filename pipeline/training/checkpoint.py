@@ -103,6 +103,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # torch's messages go on with advice (weights_only=False, ...) that does not apply here
+        first = first.split(". ")[0].rstrip(".")
         raise ValueError(f"cannot read checkpoint {path}: it is truncated or not an invattn "
                          f"checkpoint ({type(exc).__name__}: {first})") from exc
     missing = {"model", "epoch", "config"} - set(state)

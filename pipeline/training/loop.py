@@ -120,6 +120,26 @@ def _validate(cfg: DictConfig) -> None:
         if not number or value < 0 or (positive and value == 0):
             kind = "a positive" if positive else "a non-negative"
             raise ValueError(f"{key} must be {kind} number, got {value!r}")
+    # Keys some tasks lack (N-body only) are checked when present.
+    for key, minimum in (("data.max_train_sims", 1), ("data.max_test_sims", 1), ("data.val_sims", 0)):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ValueError(f"{key} must be an integer >= {minimum}" + (" or null" if minimum else "")
+                             + f", got {value!r}")
+    for key, allow_zero in (("train.grad_clip", False), ("train.velocity_loss_weight", True)):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value < 0 or (value == 0 and not allow_zero):
+            kind = "a non-negative number" if allow_zero else "a positive number or null (off)"
+            raise ValueError(f"{key} must be {kind}, got {value!r}")
+    progress = OmegaConf.select(cfg, "train.progress", default="auto")
+    if progress not in ("auto", True, False):
+        raise ValueError(f"train.progress must be auto, true or false, got {progress!r}")
+    run_dir = Path(str(cfg.run_dir))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run_dir {run_dir} is a file, not a folder; choose another run_dir")
 
 
 def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:

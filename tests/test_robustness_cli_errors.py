@@ -1,0 +1,81 @@
+"""Bad command lines found by a fresh-user break attempt: each is one line naming the key or file."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main as cli, run_guarded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"invattn {command}: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.max_train_sims=0", "data.max_train_sims must be an integer >= 1 or null, got 0"),
+    ("data.max_test_sims=-2", "data.max_test_sims must be an integer >= 1 or null, got -2"),
+    ("data.val_sims=-3", "data.val_sims must be an integer >= 0, got -3"),
+    ("train.velocity_loss_weight=-1", "train.velocity_loss_weight must be a non-negative number, got -1.0"),
+    ("train.grad_clip=0", "train.grad_clip must be a positive number or null (off), got 0.0"),
+    ("train.progress=maybe", "train.progress must be auto, true or false, got 'maybe'"),
+])
+def test_bad_training_values_name_the_key_before_any_work(nbody_tiny, tmp_path, capsys, override, message):
+    run = tmp_path / "run"
+    assert cli(["train", f"data.dir={nbody_tiny}", f"run_dir={run}", override]) == 2
+    assert one_error_line(capsys, "train").endswith(message)
+    assert not run.exists(), "a refused run must not create its run_dir"
+
+
+def test_run_dir_that_is_a_file_is_named_and_kept(nbody_tiny, tmp_path, capsys):
+    run = tmp_path / "notes.txt"
+    run.write_text("mine\n")
+    assert cli(["train", f"data.dir={nbody_tiny}", f"run_dir={run}"]) == 2
+    assert one_error_line(capsys, "train").endswith(f"run_dir {run} is a file, not a folder; "
+                                                    f"choose another run_dir")
+    assert run.read_text() == "mine\n"
+
+
+def test_unknown_task_lists_the_tasks(capsys):
+    for argv in (["train", "task=foo"], ["train", "task=foo", "--help"]):
+        assert cli(argv) == 2
+        assert one_error_line(capsys, "train") == "invattn train: error: task='foo' is not one of nbody, qm9"
+
+
+def test_non_checkpoint_error_has_no_torch_advice(tmp_path, capsys):
+    # A real pickle that weights_only refuses: torch's message goes on to suggest
+    # weights_only=False, which is wrong advice for a file that is not a checkpoint.
+    bogus = tmp_path / "model.pt"
+    torch.save({"model": object}, bogus)
+    assert cli(["evaluate", f"checkpoint={bogus}"]) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert f"cannot read checkpoint {bogus}: it is truncated or not an invattn checkpoint" in line
+    assert "weights_only" not in line and "arbitrary code" not in line, line
+
+
+def test_interrupt_says_how_to_continue(capsys):
+    def body():
+        raise KeyboardInterrupt
+    assert run_guarded("train", body) == 130
+    assert capsys.readouterr().err.strip() == ("invattn train: interrupted (the last checkpoint is kept; "
+                                               "run the same command again to resume)")
+    assert run_guarded("sweep", body) == 130
+    assert "resume=true" in capsys.readouterr().err
+
+
+def test_help_into_a_closed_pipe_has_no_traceback():
+    # `invattn train --help | head -1`: the reader goes away before the keys are printed.
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", "--help"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
