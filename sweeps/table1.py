@@ -310,6 +310,15 @@ def _check(cfg: DictConfig) -> None:
     bad = sorted(set(cfg.groups) - set(MODELS))
     if bad or not cfg.groups:
         raise ValueError(f"config key groups must list some of {', '.join(MODELS)}, got {list(cfg.groups)}")
+    for key in ("epochs", "lr_epochs"):  # else found only after step 1's hours
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"config key {key} must be an integer >= 1, got {cfg[key]!r}")
+    if not float(cfg.cpus_per_trial) > 0:
+        raise ValueError(f"config key cpus_per_trial must be a positive number, got {cfg.cpus_per_trial!r}")
+    if not cfg.seeds:
+        raise ValueError("config key seeds must list at least one seed, got []")
+    if not cfg.lr_by_group and (not cfg.lr_grid or any(float(x) <= 0 for x in cfg.lr_grid)):
+        raise ValueError(f"config key lr_grid must list positive learning rates, got {list(cfg.lr_grid)}")
     for key in ("val_sims", "final_val_sims"):
         if int(cfg[key]) < 0:
             raise ValueError(f"config key {key} must be >= 0, got {cfg[key]}")

@@ -79,3 +79,19 @@ def test_help_into_a_closed_pipe_has_no_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "config key epochs must be an integer >= 1, got -1"),
+    ("lr_epochs=0", "config key lr_epochs must be an integer >= 1, got 0"),
+    ("cpus_per_trial=0", "config key cpus_per_trial must be a positive number, got 0.0"),
+    ("seeds=[]", "config key seeds must list at least one seed, got []"),
+    ("lr_grid=[1e-3,-1e-3]", "config key lr_grid must list positive learning rates, got [0.001, -0.001]"),
+])
+def test_reproduction_counts_fail_before_step_1(tmp_path, capsys, override, message):
+    # epochs=-1 used to pass, simulate the dataset and run step 1's sweep before failing.
+    data = tmp_path / "data"
+    argv = ["reproduce-table1", f"data_dir={data}", f"results_dir={tmp_path / 'results'}", override]
+    assert cli(argv) == 2
+    assert one_error_line(capsys, "reproduce-table1").endswith(message)
+    assert not data.exists() and not (tmp_path / "results").exists()
