@@ -18,6 +18,11 @@
 # and returns.  A changed template is written and the daemons restarted.  A slurm.conf not
 # written by this script is never overwritten (set DEV_CLUSTER_FORCE=1 to replace it).
 # Accounting is off (no slurmdbd): `sacct` fails, which is expected here.
+# Requeue: SLURM holds a requeued job until the old run's credential revocation expires; the
+# template sets AuthInfo=cred_expire=15 (Slurm's minimum is 5), so the hold is ~16 s, not 121 s.
+# Do not release a requeued job early (`scontrol update StartTime=now`): its new run may then be
+# killed at launch ("Job credential revoked").  sweeps/slurm_wait.py waits on jobs without
+# waiting forever (a job gone without its result fails at once with its log tail).
 #
 # Environment (all optional):
 #   SLURM_CONF            config path (default /etc/slurm/slurm.conf; the clients read it too)
