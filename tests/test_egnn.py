@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from models.egnn import EGNN
+from test_models_equivariance import random_rotation, reflection
 
 F64 = torch.float64
 
@@ -13,14 +14,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
-
-
-def random_orthogonal(generator, proper=True):
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=F64))
-    q = q * torch.sign(torch.diagonal(r))
-    if (torch.linalg.det(q) > 0) != proper:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def inputs(generator, batch=3, bodies=5):
@@ -55,7 +48,7 @@ def test_rotation_reflection_translation_equivariance(proper):
     assert dx.abs().mean() > 1e-2 and dv.abs().mean() > 1e-2
     errors = []
     for _ in range(5):
-        rot = random_orthogonal(gen, proper)
+        rot = random_rotation(gen) if proper else reflection(gen)
         shift = torch.randn(3, generator=gen, dtype=F64) * 10
         dx2, dv2 = model(x @ rot.T + shift, v @ rot.T, q)
         errors += [(dx2 - dx @ rot.T).abs().max().item(), (dv2 - dv @ rot.T).abs().max().item()]

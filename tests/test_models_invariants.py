@@ -9,6 +9,7 @@ import torch
 from models import (EquivariantAttention, EquivariantMap, Features, FeatureShape, NeighbourInvariants,
                     NormNonlinearity, cross_products, gram_upper, masked_softmax, subdeterminants)
 from models.invariants import choose_combinations, combinations_index, resolve_subset_size
+from test_models_equivariance import random_rotation
 
 F64 = torch.float64
 
@@ -20,14 +21,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
-
-
-def random_rotation(generator, dtype=F64):
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=dtype))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 REFLECTION = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
