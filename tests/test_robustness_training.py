@@ -95,3 +95,26 @@ def test_full_disk_before_the_first_epoch_names_the_file(nbody_tiny, tmp_path):
     assert result["err"].strip().splitlines()[-1] == \
         f"invattn train: error: cannot write {mnt}/run/config.yaml: no space left on device"
     assert result["files"] == [".lock"], "no empty or partial config.yaml is left behind"
+
+
+def test_refused_model_setting_leaves_no_run_dir_and_keeps_an_existing_one(nbody_tiny, tmp_path, capsys):
+    from pipeline.cli import main
+
+    # model.heads must divide the channels: the refusal comes before run_dir is created.
+    fresh = tmp_path / "fresh" / "run"
+    assert main(["train", f"data.dir={nbody_tiny}", f"run_dir={fresh}", "train.epochs=1", *TINY,
+                 "model.heads=5"]) == 2
+    assert "model" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not fresh.exists() and not fresh.parent.exists(), "a refused run leaves no (empty) run_dir"
+
+    # A run_dir that holds a checkpoint is left byte for byte as it was by a refused rerun.
+    run = tmp_path / "done"
+    assert main(["train", f"data.dir={nbody_tiny}", f"run_dir={run}", "train.epochs=1", *TINY]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert Path("checkpoints/last.pt") in before
+    capsys.readouterr()
+    for extra in (["model.heads=5"], ["model.heads=5", "resume=true"]):
+        assert main(["train", f"data.dir={nbody_tiny}", f"run_dir={run}", "train.epochs=2", *TINY,
+                     *extra]) == 2
+        assert "model" in capsys.readouterr().err.strip().splitlines()[-1]
+        assert {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

@@ -161,12 +161,15 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
         checkpoint is kept.
     """
     _validate(cfg)
+    # Build everything a setting can refuse before run_dir is created and locked, so a refused
+    # run leaves no empty run_dir behind (and never touches an existing one).
+    parts = _build(cfg)
     with run_dir_lock(Path(cfg.run_dir)):
-        return _train(cfg, reporter)
+        return _train(cfg, parts, reporter)
 
 
-def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
-    run_dir = Path(cfg.run_dir)
+def _build(cfg: DictConfig) -> tuple:
+    """Device, task (data), model, optimizer and LR schedule for ``cfg``; writes nothing."""
     tr = cfg.train
     if int(tr.num_threads) > 0:
         torch.set_num_threads(int(tr.num_threads))
@@ -186,6 +189,13 @@ def _train(cfg: DictConfig, reporter: Reporter | None) -> dict:
         warmup_epochs=int(cfg.optim.warmup_epochs), min_factor=float(cfg.optim.min_lr_factor))
     factor(0)  # validate the schedule name before any work
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return device, task, model, optimizer, scheduler
+
+
+def _train(cfg: DictConfig, parts: tuple, reporter: Reporter | None) -> dict:
+    run_dir = Path(cfg.run_dir)
+    tr = cfg.train
+    device, task, model, optimizer, scheduler = parts
     n_params = count_parameters(model)
     config_yaml = OmegaConf.to_yaml(cfg)
 
