@@ -8,6 +8,7 @@ joins an existing cluster instead, e.g. the one ``slurm/sweep.sh`` brings up.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def set_auth_mode(mode: str) -> None:
 
 def free_port(port: int) -> int:
     """``port`` if it is free on 127.0.0.1, else a free one (another Ray may hold 8265)."""
-    import socket
-
     for candidate in (port, 0):
         with socket.socket() as sock:
             try:
@@ -94,6 +93,28 @@ def free_port(port: int) -> int:
                 print(f"dashboard port {port} is taken; using {sock.getsockname()[1]}", flush=True)
             return sock.getsockname()[1]
     return port
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at ``HOST:PORT`` (or ``ray://HOST:PORT``).
+
+    ``ray.init`` retries an unreachable address for minutes before giving up; a plain TCP connect
+    answers in milliseconds (refused) or ``timeout`` seconds (filtered). ``auto`` and addresses
+    without a port are left to Ray.
+
+    Raises
+    ------
+    ConnectionError
+        Naming ``ray.address`` and the reason, in one line.
+    """
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at ray.address={address}: "
+                              f"{exc.strerror or exc} (is the head node started, and the port right?)") from None
 
 
 def connect(ray_cfg: DictConfig, *, quiet: bool = False):
@@ -122,6 +143,7 @@ def connect(ray_cfg: DictConfig, *, quiet: bool = False):
     # Long-lived helpers of Ray inherit this; keep runtime logs out of the user's terminal.
     kwargs = dict(ignore_reinit_error=True, log_to_driver=bool(ray_cfg.log_to_driver))
     if ray_cfg.address:
+        check_reachable(str(ray_cfg.address))
         try:
             ctx = ray.init(address=str(ray_cfg.address), **kwargs)
         except ConnectionError as exc:

@@ -80,6 +80,27 @@ def test_missing_token_file_is_one_line(nbody_tiny, tmp_path, capsys, monkeypatc
     assert ray.is_initialized() == ray_before
 
 
+def test_unreachable_ray_address_fails_fast_in_one_line(nbody_tiny, tmp_path, capsys):
+    import socket
+    import time
+
+    import ray
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray_before = ray.is_initialized()
+    start = time.monotonic()
+    rc = cli(["sweep", "name=t", f"results_dir={tmp_path}", f"data.dir={nbody_tiny}", *TRAIN,
+              "search.lr=[1e-3]", f"ray.address=127.0.0.1:{port}"])
+    elapsed = time.monotonic() - start
+    assert rc == 2
+    line = _last_error_line(capsys)
+    assert f"no Ray cluster answers at ray.address=127.0.0.1:{port}" in line, line
+    assert elapsed < 30, f"took {elapsed:.0f} s: Ray's own retries were not short-cut"
+    assert ray.is_initialized() == ray_before
+
+
 def _sweep(home: Path, results: Path, *extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
