@@ -36,6 +36,8 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
         saved = _saved_configs(sweep_cfg, sweep_args, train_args)
         if saved is not None:
             return saved
+    # The sweep's own training overrides come first, so the command line's win.
+    train_args = [str(a) for a in (sweep_cfg.get("train_overrides") or [])] + train_args
     if sweep_cfg.train_preset and not any(a.startswith("preset=") for a in train_args):
         train_args.insert(0, f"preset={sweep_cfg.train_preset}")
     train_args.insert(0, f"task={sweep_cfg.task}")
@@ -54,6 +56,10 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     metric, columns = TASK_METRICS.get(str(sweep_cfg.task), (None, None))
     if sweep_cfg.metric is None:
         sweep_cfg.metric = metric
+    if (sweep_cfg.task == "nbody" and str(sweep_cfg.metric).startswith("val_")
+            and not int(train_cfg.data.get("val_sims", 0) or 0)):
+        raise ConfigError(f"metric={sweep_cfg.metric} ranks trials on a validation split, but "
+                          f"data.val_sims is 0; set data.val_sims=N (training simulations held out)")
     if sweep_cfg.report_metrics is None:
         sweep_cfg.report_metrics = columns or [sweep_cfg.metric]
         if sweep_cfg.metric not in sweep_cfg.report_metrics:  # e.g. val_mse_x: show what ranks

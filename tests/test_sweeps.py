@@ -145,3 +145,19 @@ def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="invattn simulate"):
         run_sweep(*load_sweep_configs([f"results_dir={tmp_path}", "name=nodata",
                                        f"data.dir={tmp_path / 'nowhere'}"]))
+
+
+def test_demo_sweep_ranks_by_validation_mse_on_held_out_training_simulations():
+    from pipeline.config import ConfigError
+
+    sweep_cfg, train_cfg = load_sweep_configs(["preset=demo"])
+    assert sweep_cfg.metric == "val_mse_x" and sweep_cfg.mode == "min"
+    assert train_cfg.data.val_sims == 100 and train_cfg.data.dir == "data/nbody_demo"
+    assert sweep_cfg.report_metrics[0] == "val_mse_x" and "test_mse_x" in sweep_cfg.report_metrics
+    # The command line wins over the sweep's train_overrides ...
+    _, train_cfg = load_sweep_configs(["preset=demo", "data.val_sims=20"])
+    assert train_cfg.data.val_sims == 20
+    # ... and ranking on a validation split that does not exist is refused before any trial runs.
+    with pytest.raises(ConfigError, match="metric=val_mse_x .* data.val_sims is 0"):
+        load_sweep_configs(["preset=demo", "data.val_sims=0"])
+    assert load_sweep_configs([])[0].metric == "test_mse_x"  # other sweeps keep their default
