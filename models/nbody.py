@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
-from models.graph import check_cutoff, radius_graph_dense, switching_function
+from models.graph import check_cutoff, radius_graph_dense
 from models.inputs import centre_positions, check_shape, prepare_mask
 from models.registry import constructor_config, register_model
+from models.sparse_attention import edge_geometry
 from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = ["NBodyModel"]
@@ -136,8 +137,7 @@ class NBodyModel(nn.Module):
         edge_index, _ = radius_graph_dense(positions, mask, cutoff)
         source, target = edge_index
         x, q = positions[mask], charges[mask]  # [n, 3], [n]
-        relative = x.index_select(0, target) - x.index_select(0, source)  # x_i - x_j, [E, 3]
-        weights = switching_function(relative.pow(2).sum(-1), cutoff, inner)
+        relative, weights = edge_geometry(x, edge_index, cutoff, inner)  # x_i - x_j [E, 3], [E]
         edges = (q.index_select(0, source) * q.index_select(0, target)).unsqueeze(-1)  # q_i q_j
         nodes = Features(velocities[mask].unsqueeze(-2), q.unsqueeze(-1))
         hidden = self.backbone(nodes, edge_index, relative, edges, weights)

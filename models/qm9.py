@@ -16,9 +16,10 @@ from torch import Tensor, nn
 from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
 from models.equivariant_map import EquivariantMap, parse_group
 from models.features import Features, FeatureShape
-from models.graph import check_cutoff, radius_graph_dense, switching_function
+from models.graph import check_cutoff, radius_graph_dense
 from models.inputs import centre_positions, check_shape, prepare_mask
 from models.registry import constructor_config, register_model
+from models.sparse_attention import edge_geometry
 from models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = ["QM9Model", "ELEMENTS", "N_BOND_TYPES"]
@@ -175,8 +176,7 @@ class QM9Model(nn.Module):
             cutoff, inner = self.cutoff
             edge_index, (g, j, i) = radius_graph_dense(positions, mask, cutoff)
             x = positions[mask]
-            relative = x.index_select(0, edge_index[1]) - x.index_select(0, edge_index[0])  # x_i - x_j
-            weights = switching_function(relative.pow(2).sum(-1), cutoff, inner)
+            relative, weights = edge_geometry(x, edge_index, cutoff, inner)  # x_i - x_j, switching
             nodes = Features(positions.new_zeros(x.shape[0], 0, 3), scalars[mask])
             hidden = self.backbone(nodes, edge_index, relative, edges[g, j, i], weights)
             per_atom = self.readout(hidden).scalars  # [n_real, readout]; bf16 under autocast
