@@ -158,6 +158,11 @@ class SimulationSettings:
                 "loc_std": self.loc_std, "vel_norm": self.vel_norm,
                 "n_sims_total": self.n_sims(split), "n_frames": self.n_frames}
 
+    def file_identity(self, split: str, shard: int, start: int, stop: int) -> dict:
+        """:meth:`identity` plus the simulation range and shard of one output file."""
+        return dict(self.identity(split), sim_start=start, sim_stop=stop, shard_index=shard,
+                    n_shards=self.n_shards)
+
     def targets(self, split: str) -> list[tuple[Path, int, int, int]]:
         """``(path, shard_index, start, stop)`` of the files this run must produce for ``split``."""
         n = self.n_sims(split)
@@ -234,9 +239,8 @@ def _write_file(settings: SimulationSettings, split: str, path: Path, shard: int
     """Simulate ``start .. stop-1`` of ``split`` in blocks into ``path`` (atomically)."""
     from tqdm import tqdm
 
-    attrs = settings.identity(split)
-    attrs.update(n_sims=stop - start, sim_start=start, sim_stop=stop, shard_index=shard,
-                 n_shards=settings.n_shards, frame_interval=settings.dt * settings.sample_freq,
+    attrs = settings.file_identity(split, shard, start, stop)
+    attrs.update(n_sims=stop - start, frame_interval=settings.dt * settings.sample_freq,
                  config=settings.config_yaml)
     label = split if settings.n_shards == 1 else f"{split} {shard + 1}/{settings.n_shards}"
     bar = tqdm(total=stop - start, unit="sim", desc=label, disable=not _progress_enabled(settings))
@@ -303,9 +307,7 @@ def _shard_states(settings: SimulationSettings, plan) -> dict[Path, str | None]:
     for split, path, shard, start, stop in plan:
         if not path.exists():
             continue
-        expected = settings.identity(split)
-        expected.update(sim_start=start, sim_stop=stop, shard_index=shard, n_shards=settings.n_shards)
-        problem = io.shard_problem(path, expected)
+        problem = io.shard_problem(path, settings.file_identity(split, shard, start, stop))
         if problem is not None and io.shard_problem(path, {}) is None:
             foreign.append(f"{path} ({problem})")
         states[path] = problem
@@ -327,9 +329,7 @@ def _whole_file_states(settings: SimulationSettings, plan) -> dict[Path, None]:
     for split, path, shard, start, stop in plan:
         if not path.exists():
             continue
-        expected = settings.identity(split)
-        expected.update(sim_start=start, sim_stop=stop, shard_index=shard, n_shards=settings.n_shards)
-        problem = io.shard_problem(path, expected)
+        problem = io.shard_problem(path, settings.file_identity(split, shard, start, stop))
         if problem is not None:
             raise FileExistsError(f"{path} already exists; pass overwrite=true to replace it "
                                   f"(it holds another dataset: {problem})")
