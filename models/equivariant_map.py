@@ -47,8 +47,8 @@ class CoefficientMLP(nn.Module):
     """The MLP ``g`` of eq. 8: ``Linear -> LayerNorm -> ReLU -> Linear`` (paper section 2).
 
     Maps invariants ``[..., n_invariants]`` to all coefficients ``f_*`` of a Phi at once,
-    ``[..., n_out]``. :meth:`hidden_split` and :meth:`project` evaluate the same function in
-    pieces for the key/value maps: invariants come as a node-level part (broadcast over pairs)
+    ``[..., n_out]``. :meth:`hidden_split` evaluates the first layer in pieces for the
+    key/value maps: invariants come as a node-level part (broadcast over pairs)
     and a pair-level part, and since the first layer is linear, ``W [a; b] = W_a a + W_b b``
     computes the node-level product once per node rather than once per pair.
     """
@@ -74,14 +74,6 @@ class CoefficientMLP(nn.Module):
         hidden = (nn.functional.linear(node_part, weight[:, :d], self.first.bias)
                   + nn.functional.linear(pair_part, weight[:, d:]))
         return self.act(self.norm(hidden))
-
-    def project(self, hidden: Tensor, start: int, stop: int) -> Tensor:
-        """Outputs ``start:stop`` of the last layer, slicing its weight rather than its output.
-
-        A slice of a large per-pair output would cost a full-size copy in the backward pass; a
-        slice of the weight costs next to nothing.
-        """
-        return nn.functional.linear(hidden, self.last.weight[start:stop], self.last.bias[start:stop])
 
 
 class EquivariantMap(nn.Module):
