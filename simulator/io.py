@@ -65,7 +65,8 @@ def write_error(path: Path, exc: OSError) -> OSError:
                errno.EDQUOT: "disk quota exceeded"}
     code = exc.errno if exc.errno in reasons else next(
         (c for c, r in reasons.items() if os.strerror(c).lower() in str(exc).lower()), None)
-    reason = reasons.get(code) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = (reasons.get(code) or (exc.strerror.lower() if exc.strerror else None)
+              or (str(exc).strip().splitlines() or [type(exc).__name__])[0])
     err = OSError(f"cannot write {path}: {reason}")
     err.errno = code or exc.errno
     return err

@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 
 from models.registry import MODEL_FORMAT, MODEL_FORMATS
+from simulator.io import write_error
 
 __all__ = ["save_checkpoint", "load_checkpoint", "write_text_atomic", "cannot_write"]
 
 
 def cannot_write(path: Path, exc: OSError, kept: str = "") -> OSError:
-    """A one-line OSError naming ``path`` and the reason (``no space left on device``, ...)."""
-    reason = exc.strerror.lower() if exc.strerror else str(exc)
-    err = OSError(f"cannot write {path}: {reason}" + (f"; {kept}" if kept else ""))
-    err.errno = exc.errno
+    """:func:`simulator.io.write_error`'s one-line OSError, followed by ``; kept`` if given."""
+    err = write_error(path, exc)
+    if kept:
+        err.args = (f"{err}; {kept}",)
     return err
 
 
