@@ -106,8 +106,9 @@ def _cell_list_pairs(x: Tensor, graph: Tensor, cutoff: float) -> tuple[Tensor, T
     def key(g: Tensor, c: Tensor) -> Tensor:
         return ((g * d0 + c[..., 0]) * d1 + c[..., 1]) * d2 + c[..., 2]
 
-    order = torch.argsort(key(graph, cell))
-    cells, counts = torch.unique_consecutive(key(graph, cell)[order], return_counts=True)
+    keys = key(graph, cell)
+    order = torch.argsort(keys)
+    cells, counts = torch.unique_consecutive(keys[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     steps = torch.tensor([-1, 0, 1], device=x.device)
     offsets = torch.cartesian_prod(steps, steps, steps)  # [27, 3]
