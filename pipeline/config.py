@@ -100,7 +100,7 @@ KEY_TYPES: dict[str, dict[str, str]] = {
     },
     "sweep": {
         "preset": _STR_OR_NULL, "train_preset": _STR_OR_NULL, "storage_path": _STR_OR_NULL, "metric": _STR_OR_NULL,
-        "report_metrics": "list[str] | null",
+        "report_metrics": "list[str] | null", "train_overrides": "list[str]",
         "search.lr_loguniform": "list[float] | null", "search.subdeterminants": "list[int | 'all']",
         "search.groups": "list[str] | null", "search.lr_by_group": "dict[float] | null",
         "resources.cpus_per_trial": "float", "resources.gpus_per_trial": "float",
