@@ -6,6 +6,18 @@ import pytest
 from pipeline.cli import main as cli
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor model tests: faster, and immune to
+    oversubscribed CI cores. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def nbody_tiny(tmp_path_factory):
     """A small real N-body dataset (train.h5 / test.h5) written by `invattn simulate`."""

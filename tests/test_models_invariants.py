@@ -14,13 +14,7 @@ from test_models_equivariance import random_rotation
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscribed CI cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 REFLECTION = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))

@@ -7,13 +7,8 @@ from models import NBodyModel, QM9Model
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscribed CI cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
+
 SMALL_NBODY = dict(n_layers=2, vectors=4, scalars=8, heads=2, query_vectors=4, query_scalars=8, mlp_hidden=16)
 SMALL_QM9 = dict(n_layers=2, vectors=4, scalars=8, heads=2, query_vectors=4, query_scalars=8,
                  mlp_hidden=16, readout=8)

@@ -10,12 +10,7 @@ SMALL = dict(n_layers=2, vectors=6, scalars=8, heads=2, query_vectors=4, query_s
 T1 = SMALL["vectors"] + 1  # key/value maps see T + 1 vectors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def subsets(model):
