@@ -24,8 +24,8 @@ import _repo_path  # noqa: F401  (repository on sys.path)
 def build(name: str, compile_model: bool):
     import torch
 
-    from models import NBodyModel
-    from models.egnn import EGNN
+    from invattn.models import NBodyModel
+    from invattn.models.egnn import EGNN
 
     torch.manual_seed(0)
     model = EGNN() if name.startswith("EGNN") else NBodyModel(group=name.split("+")[0])

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from models import NBodyModel, QM9Model
+    from invattn.models import NBodyModel, QM9Model
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (use --device cpu for a dry run)", file=sys.stderr)

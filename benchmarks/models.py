@@ -96,7 +96,7 @@ def run_worker(spec: dict) -> dict:
     """Build one model, time its training steps, measure the first step's peak memory."""
     import torch
 
-    from models import build_model
+    from invattn.models import build_model
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import NBodyModel, NormNonlinearity, QM9Model
-from pipeline.qm9.parse import parse_xyz
-from pipeline.training.rotations import random_rotations
+from invattn.models import NBodyModel, NormNonlinearity, QM9Model
+from invattn.pipeline.qm9.parse import parse_xyz
+from invattn.pipeline.training.rotations import random_rotations
 
 SAMPLE = _repo_path.REPO / "tests" / "data" / "qm9" / "qm9_sample_2000.xyz.tar.bz2"
 
@@ -99,9 +99,9 @@ def collinear_gradient(model: NBodyModel) -> float:
 
 
 def nbody_training(norm: bool, data: Path, epochs: int, max_sims: int | None) -> dict:
-    from pipeline.config import load_config
-    from pipeline.training.nbody_task import NBodyTask
-    from pipeline.training.schedule import lr_factor
+    from invattn.pipeline.config import load_config
+    from invattn.pipeline.training.nbody_task import NBodyTask
+    from invattn.pipeline.training.schedule import lr_factor
 
     overrides = ["preset=demo", f"data.dir={data}", f"train.epochs={epochs}"]
     if max_sims:
@@ -172,7 +172,7 @@ def main() -> None:
         return
     data = Path(args.data)
     if not (data / "train.h5").is_file():
-        from pipeline.cli import main as cli
+        from invattn.pipeline.cli import main as cli
 
         print(f"generating the demo dataset into {data} ...", flush=True)
         assert cli(["simulate", "preset=demo", f"out={data}"]) == 0

@@ -32,12 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.qm9.bonds import canonical_smiles, perceived_smiles  # noqa: E402
-from pipeline.qm9.partition import load_partition, parse_raw  # noqa: E402
-from pipeline.qm9.reader import iter_shards  # noqa: E402
-from pipeline.qm9.sources import qm9pack_data_files, resolve_source  # noqa: E402
-from pipeline.qm9.stage import plan, preprocess  # noqa: E402
+from invattn.pipeline.config import load_config  # noqa: E402
+from invattn.pipeline.qm9.bonds import canonical_smiles, perceived_smiles  # noqa: E402
+from invattn.pipeline.qm9.partition import load_partition, parse_raw  # noqa: E402
+from invattn.pipeline.qm9.reader import iter_shards  # noqa: E402
+from invattn.pipeline.qm9.sources import qm9pack_data_files, resolve_source  # noqa: E402
+from invattn.pipeline.qm9.stage import plan, preprocess  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "data" / "qm9" / "qm9_sample_2000.xyz.tar.bz2"
 

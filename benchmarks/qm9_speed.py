@@ -34,7 +34,7 @@ def load_molecules(batch: int):
 
 def schnet_graph(cutoff: float):
     """SchNet's ``interaction_graph``: radius graph without self-loops, and edge lengths."""
-    from models.graph import radius_graph
+    from invattn.models.graph import radius_graph
 
     def graph(pos, batch):
         edge_index = radius_graph(pos, cutoff, batch)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     import torch
     from torch_geometric.nn.models import SchNet
 
-    from models import QM9Model
+    from invattn.models import QM9Model
 
     torch.set_num_threads(args.threads)
     z, x, bonds, mask = load_molecules(args.batch)

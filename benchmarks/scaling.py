@@ -45,8 +45,8 @@ def current_rss_mib() -> float:
 def run_worker(spec: dict) -> dict:
     import torch
 
-    from models import NBodyModel
-    from models.graph import radius_graph_dense
+    from invattn.models import NBodyModel
+    from invattn.models.graph import radius_graph_dense
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from nbody_reference import reference_simulate  # noqa: E402
-from simulator import initial_conditions, simulate  # noqa: E402
+from invattn.simulator import initial_conditions, simulate  # noqa: E402
 
 # bodies: (numba sims, numpy/traj sims, numpy/batch sims, n_steps, sample_freq)
 CASES = {
@@ -87,7 +87,7 @@ def bench_paper_dataset(preset: str = "paper") -> tuple[float, str]:
         cmd = [str(REPO / ".venv" / "bin" / "invattn"), "simulate", f"preset={preset}",
                f"out={tmp}/paper", "progress=false"]
         if not Path(cmd[0]).exists():
-            cmd = [sys.executable, "-m", "pipeline.cli", *cmd[1:]]
+            cmd = [sys.executable, "-m", "invattn.pipeline.cli", *cmd[1:]]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         wall = time.perf_counter() - t0

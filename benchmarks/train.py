@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.training import train
-from pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import load_config
+from invattn.pipeline.training import train
+from invattn.pipeline.training.metrics_log import MetricsLog
 
 PAPER = {"E3": 5.9, "SE3": 9.9}
 

@@ -13,20 +13,20 @@ Public API
   ``Data``/``Batch`` via ``forward_data``), :class:`SparseEquivariantTransformer`,
   :func:`radius_graph`, :func:`switching_function`.
 """
-from models.attention import EquivariantAttention, masked_softmax
-from models.backbone import EquivariantTransformer
-from models.egnn import EGNN
-from models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
-from models.features import Features, FeatureShape
-from models.graph import radius_graph, switching_function
-from models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
-from models.nbody import NBodyModel
-from models.neighbour_invariants import NeighbourInvariants, PairInputs
-from models.nonlinearity import GatedNonlinearity, NormNonlinearity
-from models.qm9 import QM9Model
-from models.registry import MODELS, build_model
-from models.sparse_attention import SparseEquivariantAttention
-from models.sparse_backbone import SparseEquivariantTransformer
+from invattn.models.attention import EquivariantAttention, masked_softmax
+from invattn.models.backbone import EquivariantTransformer
+from invattn.models.egnn import EGNN
+from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
+from invattn.models.features import Features, FeatureShape
+from invattn.models.graph import radius_graph, switching_function
+from invattn.models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
+from invattn.models.nbody import NBodyModel
+from invattn.models.neighbour_invariants import NeighbourInvariants, PairInputs
+from invattn.models.nonlinearity import GatedNonlinearity, NormNonlinearity
+from invattn.models.qm9 import QM9Model
+from invattn.models.registry import MODELS, build_model
+from invattn.models.sparse_attention import SparseEquivariantAttention
+from invattn.models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = [
     "NBodyModel", "QM9Model", "EGNN", "build_model", "MODELS",

@@ -24,9 +24,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.equivariant_map import CoefficientMLP, EquivariantMap
-from models.features import Features, FeatureShape
-from models.neighbour_invariants import NeighbourInvariants, PairInputs
+from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap
+from invattn.models.features import Features, FeatureShape
+from invattn.models.neighbour_invariants import NeighbourInvariants, PairInputs
 
 __all__ = ["EquivariantAttention", "masked_softmax"]
 

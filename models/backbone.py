@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.attention import EquivariantAttention
-from models.features import Features, FeatureShape
-from models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
-from models.nonlinearity import GatedNonlinearity
+from invattn.models.attention import EquivariantAttention
+from invattn.models.features import Features, FeatureShape
+from invattn.models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
+from invattn.models.nonlinearity import GatedNonlinearity
 
 __all__ = ["EquivariantTransformer", "validate_sampling"]
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.inputs import check_shape, prepare_mask
-from models.registry import constructor_config
+from invattn.models.inputs import check_shape, prepare_mask
+from invattn.models.registry import constructor_config
 
 __all__ = ["EGNNLayer", "EGNN"]
 

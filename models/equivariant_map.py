@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.features import Features, FeatureShape
-from models.invariants import (
+from invattn.models.features import Features, FeatureShape
+from invattn.models.invariants import (
     choose_combinations,
     cross_products,
     gram_upper,

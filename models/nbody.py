@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
-from models.equivariant_map import EquivariantMap, parse_group
-from models.features import Features, FeatureShape
-from models.graph import check_cutoff, radius_graph_dense
-from models.inputs import centre_positions, check_shape, prepare_mask
-from models.registry import constructor_config, register_model
-from models.sparse_attention import edge_geometry
-from models.sparse_backbone import SparseEquivariantTransformer
+from invattn.models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
+from invattn.models.equivariant_map import EquivariantMap, parse_group
+from invattn.models.features import Features, FeatureShape
+from invattn.models.graph import check_cutoff, radius_graph_dense
+from invattn.models.inputs import centre_positions, check_shape, prepare_mask
+from invattn.models.registry import constructor_config, register_model
+from invattn.models.sparse_attention import edge_geometry
+from invattn.models.sparse_backbone import SparseEquivariantTransformer
 
 __all__ = ["NBodyModel"]
 

@@ -30,9 +30,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.equivariant_map import parse_group
-from models.features import Features, FeatureShape
-from models.invariants import choose_combinations, gram_upper, gram_upper_index
+from invattn.models.equivariant_map import parse_group
+from invattn.models.features import Features, FeatureShape
+from invattn.models.invariants import choose_combinations, gram_upper, gram_upper_index
 
 __all__ = ["PairInputs", "NeighbourInvariants"]
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.features import Features, FeatureShape
+from invattn.models.features import Features, FeatureShape
 
 __all__ = ["GatedNonlinearity", "NormNonlinearity"]
 

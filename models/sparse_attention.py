@@ -22,10 +22,10 @@ import math
 import torch
 from torch import Tensor
 
-from models.attention import EquivariantAttention
-from models.features import Features
-from models.graph import check_cutoff, radius_graph, switching_function
-from models.inputs import check_shape
+from invattn.models.attention import EquivariantAttention
+from invattn.models.features import Features
+from invattn.models.graph import check_cutoff, radius_graph, switching_function
+from invattn.models.inputs import check_shape
 
 __all__ = ["SparseEquivariantAttention", "edge_geometry", "scatter_switched_softmax_sum"]
 

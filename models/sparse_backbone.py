@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from models.backbone import EquivariantTransformer
-from models.features import Features
-from models.sparse_attention import SparseEquivariantAttention
+from invattn.models.backbone import EquivariantTransformer
+from invattn.models.features import Features
+from invattn.models.sparse_attention import SparseEquivariantAttention
 
 __all__ = ["SparseEquivariantTransformer"]
 

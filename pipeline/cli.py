@@ -10,30 +10,30 @@ import importlib
 import os
 import sys
 
-from pipeline.config import ConfigError, describe_keys, load_config
+from invattn.pipeline.config import ConfigError, describe_keys, load_config
 
 # name -> (config name, "module:function", one-line summary).  A config name may hold
 # "{task}", filled from a task=... override (default nbody).  A config name of None hands
 # the raw argument list to the function, which then parses it itself (``sweep`` nests the
 # training config under ``train.``).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "simulate": ("simulate", "simulator.cli:simulate_command",
+    "simulate": ("simulate", "invattn.simulator.cli:simulate_command",
                  "simulate charged N-body trajectories into HDF5 (train.h5, test.h5)"),
-    "simulate-merge": ("simulate", "simulator.cli:merge_command",
+    "simulate-merge": ("simulate", "invattn.simulator.cli:merge_command",
                        "join simulation shards into one HDF5 file with a virtual dataset"),
-    "preprocess-qm9": ("preprocess_qm9", "pipeline.qm9.cli:preprocess_command",
+    "preprocess-qm9": ("preprocess_qm9", "invattn.pipeline.qm9.cli:preprocess_command",
                        "parse real QM9 (xyz dir, .tar.bz2, qm9pack CSV) into HDF5 shards with Dask"),
-    "train": ("train_{task}", "pipeline.training.cli:train_command",
+    "train": ("train_{task}", "invattn.pipeline.training.cli:train_command",
               "train a model (task=nbody or task=qm9) with checkpoints and resume"),
-    "evaluate": ("evaluate", "pipeline.training.cli:evaluate_command",
+    "evaluate": ("evaluate", "invattn.pipeline.training.cli:evaluate_command",
                  "evaluate a checkpoint on its test split"),
-    "sweep": (None, "sweeps.cli:sweep_command",
+    "sweep": (None, "invattn.sweeps.cli:sweep_command",
               "Ray Tune sweep over learning rate and subdeterminant sampling"),
-    "reproduce-table1": ("reproduce_table1", "sweeps.table1:reproduce_command",
+    "reproduce-table1": ("reproduce_table1", "invattn.sweeps.table1:reproduce_command",
                          "reproduce the paper's N-body Table 1 with an EGNN row (lr on validation, 3 seeds)"),
-    "reproduce-nbody-egnn": ("reproduce_nbody_egnn", "sweeps.table1:reproduce_command",
+    "reproduce-nbody-egnn": ("reproduce_nbody_egnn", "invattn.sweeps.table1:reproduce_command",
                              "the EGNN paper's N-body benchmark (frame 30 -> 40): E3, SE3 and EGNN"),
-    "demo": (None, "sweeps.demo:demo_command",
+    "demo": (None, "invattn.sweeps.demo:demo_command",
              "the newcomer demo: small N-body dataset, small local sweep, results table"),
 }
 

@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 
 
 def config_dir() -> Path:
-    """Directory holding the YAML configs (``$INVATTN_CONFIG_DIR`` or ``<repo>/configs``)."""
+    """Directory holding the YAML configs: ``$INVATTN_CONFIG_DIR``, else ``configs/`` beside this package
+    (the repository's folder in a checkout, the ``invattn/configs`` package data when installed)."""
     env = os.environ.get("INVATTN_CONFIG_DIR")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
 

@@ -8,7 +8,7 @@
 * :mod:`simulator.generate` writes datasets, shards and merged files; the ``invattn simulate``
   and ``invattn simulate-merge`` commands are in :mod:`simulator.cli`.
 """
-from simulator.dynamics import NonFiniteSimulationError, energies, simulate
-from simulator.initial import initial_conditions
+from invattn.simulator.dynamics import NonFiniteSimulationError, energies, simulate
+from invattn.simulator.initial import initial_conditions
 
 __all__ = ["simulate", "energies", "initial_conditions", "NonFiniteSimulationError"]

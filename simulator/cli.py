@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from simulator.generate import SimulationSettings, generate, merge
+from invattn.simulator.generate import SimulationSettings, generate, merge
 
 __all__ = ["simulate_command", "merge_command"]
 

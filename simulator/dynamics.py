@@ -7,7 +7,7 @@ import numbers
 import numba
 import numpy as np
 
-from simulator.physics import MAX_LANES, energy_kernel, simulate_kernel
+from invattn.simulator.physics import MAX_LANES, energy_kernel, simulate_kernel
 
 __all__ = ["simulate", "energies", "NonFiniteSimulationError", "n_frames_for"]
 

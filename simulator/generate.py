@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from simulator import io
-from simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
-from simulator.initial import initial_conditions
+from invattn.simulator import io
+from invattn.simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
+from invattn.simulator.initial import initial_conditions
 
 __all__ = ["SPLITS", "SimulationSettings", "shard_name", "shard_range", "generate", "merge"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.config import ConfigError, describe_keys, load_config
+from invattn.pipeline.config import ConfigError, describe_keys, load_config
 
 __all__ = ["sweep_command", "load_sweep_configs"]
 
@@ -25,7 +25,7 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(sweep config, training config) from command-line overrides."""
     from omegaconf import OmegaConf
 
-    from pipeline.config import config_dir
+    from invattn.pipeline.config import config_dir
 
     sweep_keys = set(OmegaConf.load(config_dir() / "sweep.yaml").keys())
     top = lambda a: a.split("=", 1)[0].lstrip("+~").split(".", 1)[0]  # noqa: E731
@@ -46,7 +46,7 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     except ConfigError as exc:  # a misspelled sweep key lands here: suggest sweep keys too
         import difflib
 
-        from pipeline.config import flat_keys
+        from invattn.pipeline.config import flat_keys
 
         bad = str(exc).split("'")[1] if "'" in str(exc) else ""
         close = difflib.get_close_matches(bad, list(flat_keys(sweep_cfg)), n=3, cutoff=0.6)
@@ -105,7 +105,7 @@ def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: lis
 def sweep_command(argv: list[str]) -> int:
     import sys
 
-    from pipeline.cli import run_guarded
+    from invattn.pipeline.cli import run_guarded
 
     if any(a in ("-h", "--help") for a in argv):
         task = next((a.split("=", 1)[1] for a in argv if a.startswith("task=")), "nbody")
@@ -118,12 +118,12 @@ def sweep_command(argv: list[str]) -> int:
     def body():
         sweep_cfg, train_cfg = load_sweep_configs(argv)
         if sweep_cfg.launcher == "submitit":
-            from sweeps.submitit_launcher import launch
+            from invattn.sweeps.submitit_launcher import launch
 
             return launch(sweep_cfg, argv)
         if sweep_cfg.launcher != "local":
             raise ValueError(f"launcher={sweep_cfg.launcher!r} must be 'local' or 'submitit'")
-        from sweeps.runner import run_sweep
+        from invattn.sweeps.runner import run_sweep
 
         run_sweep(sweep_cfg, train_cfg)
         return 0

@@ -19,7 +19,7 @@ __all__ = ["demo_command"]
 
 
 def demo_command(argv: list[str]) -> int:
-    from pipeline.cli import run_guarded
+    from invattn.pipeline.cli import run_guarded
 
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -28,10 +28,10 @@ def demo_command(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from pipeline.config import load_config
-    from simulator.cli import simulate_command
-    from sweeps.cli import load_sweep_configs
-    from sweeps.runner import run_sweep
+    from invattn.pipeline.config import load_config
+    from invattn.simulator.cli import simulate_command
+    from invattn.sweeps.cli import load_sweep_configs
+    from invattn.sweeps.runner import run_sweep
 
     sweep_cfg, train_cfg = load_sweep_configs(["preset=demo", *argv])
     data_dir = Path(train_cfg.data.dir)

@@ -89,7 +89,7 @@ def check_data(train_cfg: DictConfig) -> None:
                else "invattn preprocess-qm9 source=... out=")
         raise FileNotFoundError(f"training data missing: {', '.join(missing)} (make it with `{how}{root}`)")
     if train_cfg.task == "nbody":  # 2D data: refuse here, not in every trial
-        from pipeline.training.nbody_task import require_3d
+        from invattn.pipeline.training.nbody_task import require_3d
 
         for path in needed:
             require_3d(path)
@@ -108,9 +108,9 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     import ray
     from ray import tune
 
-    from sweeps.ray_cluster import connect
-    from sweeps.space import apply_trial_params, param_space
-    from sweeps.trainable import run_trial
+    from invattn.sweeps.ray_cluster import connect
+    from invattn.sweeps.space import apply_trial_params, param_space
+    from invattn.sweeps.trainable import run_trial
 
     out_dir = Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)
     storage = Path(sweep_cfg.storage_path).resolve() if sweep_cfg.storage_path else out_dir / "ray"
@@ -126,8 +126,8 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     check_data(train_cfg)
     space = None if sweep_cfg.resume else param_space(sweep_cfg.search)  # validates the grid
     if space is not None:  # before Ray starts: settings every trial would die of
-        from pipeline.training.loop import _validate as validate_training
-        from sweeps.space import check_space_against_model
+        from invattn.pipeline.training.loop import _validate as validate_training
+        from invattn.sweeps.space import check_space_against_model
 
         validate_training(apply_trial_params(train_cfg, {"lr": 1.0, "subdeterminants": "all"}))
         check_space_against_model(train_cfg, space)

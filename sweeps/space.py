@@ -104,8 +104,8 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
     ValueError
         Names the search key, the value and the model's reason.
     """
-    from models import QM9Model
-    from pipeline.training.nbody_task import build_nbody_model, nbody_model_kwargs
+    from invattn.models import QM9Model
+    from invattn.pipeline.training.nbody_task import build_nbody_model, nbody_model_kwargs
 
     def values(key):
         value = space.get(key)

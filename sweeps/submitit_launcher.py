@@ -59,7 +59,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from sweeps.slurm_wait import JobStatus, SlurmJobError, log_tail, wait_job
+from invattn.sweeps.slurm_wait import JobStatus, SlurmJobError, log_tail, wait_job
 
 __all__ = ["launch", "submit", "wait_result", "SweepJob", "experiment_path", "can_resume", "port_base"]
 
@@ -327,7 +327,7 @@ class SweepJob(Checkpointable):
     def __call__(self) -> dict | None:
         import submitit
 
-        from sweeps.ray_cluster import set_auth_mode
+        from invattn.sweeps.ray_cluster import set_auth_mode
 
         env = submitit.JobEnvironment()
         self._terminated, self._sigterm_handler = False, None
@@ -356,7 +356,7 @@ class SweepJob(Checkpointable):
     def _head(self, env, rdv: Path, base: int, ip: str, tmp: Path, requeued: bool) -> dict:
         import ray
 
-        from sweeps.runner import run_sweep
+        from invattn.sweeps.runner import run_sweep
 
         sweep_cfg = OmegaConf.create(self.sweep_yaml)
         train_cfg = OmegaConf.create(self.train_yaml)
@@ -676,7 +676,7 @@ def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
     1 if the job failed (its log is shown)."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from sweeps.cli import load_sweep_configs
+    from invattn.sweeps.cli import load_sweep_configs
 
     _, train_cfg = load_sweep_configs(argv)
     on_slurm = _on_slurm()
@@ -738,12 +738,12 @@ def launch(sweep_cfg: DictConfig, argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m sweeps.submitit_launcher --can-resume [key=value ...]``: exit 0 if the sweep
+    """``python -m invattn.sweeps.submitit_launcher --can-resume [key=value ...]``: exit 0 if the sweep
     these overrides describe has saved state to resume (used by slurm/sweep.sh on requeue)."""
-    from sweeps.cli import load_sweep_configs
+    from invattn.sweeps.cli import load_sweep_configs
 
     if not argv or argv[0] != "--can-resume":
-        print("usage: python -m sweeps.submitit_launcher --can-resume [key=value ...]", file=sys.stderr)
+        print("usage: python -m invattn.sweeps.submitit_launcher --can-resume [key=value ...]", file=sys.stderr)
         return 2
     sweep_cfg, _ = load_sweep_configs(argv[1:])
     return 0 if can_resume(sweep_cfg) else 1

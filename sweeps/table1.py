@@ -41,8 +41,8 @@ __all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves", "out
 def _sweep(argv: list[str]):
     from ray import tune
 
-    from sweeps.cli import load_sweep_configs
-    from sweeps.runner import run_sweep
+    from invattn.sweeps.cli import load_sweep_configs
+    from invattn.sweeps.runner import run_sweep
 
     sweep_cfg, train_cfg = load_sweep_configs(argv)
     exp = Path(sweep_cfg.results_dir).resolve() / sweep_cfg.name / "ray" / sweep_cfg.name
@@ -56,7 +56,7 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     """Every trial of a finished sweep: its params and its per-epoch metrics records."""
     from ray.tune import ExperimentAnalysis
 
-    from pipeline.training.metrics_log import MetricsLog
+    from invattn.pipeline.training.metrics_log import MetricsLog
 
     runs = []
     sweep_dir = Path(sweep_dir).resolve()
@@ -332,8 +332,8 @@ def _check(cfg: DictConfig) -> None:
 
 
 def reproduce_command(cfg: DictConfig) -> int:
-    from pipeline.config import load_config
-    from simulator.cli import simulate_command
+    from invattn.pipeline.config import load_config
+    from invattn.simulator.cli import simulate_command
 
     output_paths(cfg)  # bad keys fail before any work
     _check(cfg)

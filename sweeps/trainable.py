@@ -14,8 +14,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from ray import tune
 
-from pipeline.training import checkpoint_path, train
-from sweeps.space import apply_trial_params
+from invattn.pipeline.training import checkpoint_path, train
+from invattn.sweeps.space import apply_trial_params
 
 __all__ = ["run_trial"]
 

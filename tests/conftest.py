@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import main as cli
+from invattn.pipeline.cli import main as cli
 
 
 @pytest.fixture(scope="module")

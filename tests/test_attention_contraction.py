@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import models.attention as attention
-from models import EquivariantAttention, Features, FeatureShape, QM9Model
+import invattn.models.attention as attention
+from invattn.models import EquivariantAttention, Features, FeatureShape, QM9Model
 
 
 @pytest.mark.parametrize("group", ["SE3", "E3"])

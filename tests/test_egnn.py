@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.egnn import EGNN
+from invattn.models.egnn import EGNN
 from test_models_equivariance import random_rotation, reflection
 
 F64 = torch.float64

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.training import train
-from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.cli import evaluate_checkpoint
-from pipeline.training.metrics_log import MetricsLog
-from pipeline.training.nbody_task import NBodyTask, model_label
-from sweeps.space import apply_trial_params, check_space_against_model, param_space
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import load_config
+from invattn.pipeline.training import train
+from invattn.pipeline.training.checkpoint import load_checkpoint
+from invattn.pipeline.training.cli import evaluate_checkpoint
+from invattn.pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.training.nbody_task import NBodyTask, model_label
+from invattn.sweeps.space import apply_trial_params, check_space_against_model, param_space
 
 
 def tiny_cfg(data_dir, run_dir, *extra):
@@ -41,7 +41,7 @@ def test_egnn_trains_evaluates_and_resumes_through_invattn_train(nbody_tiny, tmp
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["config"]["architecture"] == "egnn" and state["config"]["egnn"]["hidden"] == 16
     assert any(k.startswith("layers.1.velocity") for k in state["model"])  # the EGNN's weights
-    from models import EGNN
+    from invattn.models import EGNN
 
     assert records[-1]["params"] == sum(p.numel() for p in EGNN(n_layers=2, hidden=16).parameters())
     # Round trip: the checkpoint alone rebuilds the EGNN and gives the run's final metrics.

@@ -12,7 +12,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
 
-from models import QM9Model
+from invattn.models import QM9Model
 
 SAMPLE = Path(__file__).parent / "data" / "qm9" / "qm9_sample_2000.xyz.tar.bz2"
 BOND_TYPE = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3,

@@ -6,7 +6,7 @@ tolerances mean the same on a GPU as on a CPU.
 import pytest
 import torch
 
-from models import NBodyModel, QM9Model
+from invattn.models import NBodyModel, QM9Model
 
 F64 = torch.float64
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from models import (EquivariantAttention, EquivariantMap, Features, FeatureShape, NeighbourInvariants,
+from invattn.models import (EquivariantAttention, EquivariantMap, Features, FeatureShape, NeighbourInvariants,
                     NormNonlinearity, cross_products, gram_upper, masked_softmax, subdeterminants)
-from models.invariants import choose_combinations, combinations_index, resolve_subset_size
+from invattn.models.invariants import choose_combinations, combinations_index, resolve_subset_size
 from test_models_equivariance import random_rotation
 
 F64 = torch.float64
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 REFLECTION = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
 
 
-@pytest.mark.parametrize("module", ["models.features", "models.invariants", "models.equivariant_map",
-                                    "models.nonlinearity", "models.attention", "models.nbody",
-                                    "models.qm9", "models.registry"])
+@pytest.mark.parametrize("module", ["invattn.models.features", "invattn.models.invariants", "invattn.models.equivariant_map",
+                                    "invattn.models.nonlinearity", "invattn.models.attention", "invattn.models.nbody",
+                                    "invattn.models.qm9", "invattn.models.registry"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), extraglobs={"torch": torch})
     assert result.failed == 0 and result.attempted > 0

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models import NBodyModel, QM9Model
+from invattn.models import NBodyModel, QM9Model
 
 F64 = torch.float64
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models import MODELS, NBodyModel, QM9Model, build_model
+from invattn.models import MODELS, NBodyModel, QM9Model, build_model
 
 SMALL = dict(n_layers=2, vectors=6, scalars=8, heads=2, query_vectors=4, query_scalars=8, mlp_hidden=16)
 T1 = SMALL["vectors"] + 1  # key/value maps see T + 1 vectors

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main as cli
+from invattn.pipeline.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -55,9 +55,9 @@ def test_every_readme_command_passes_the_config_checks():
     """Every ``invattn`` line of the README names known keys with values of the right type."""
     import shlex
 
-    from pipeline.cli import COMMANDS
-    from pipeline.config import load_config
-    from sweeps.cli import load_sweep_configs
+    from invattn.pipeline.cli import COMMANDS
+    from invattn.pipeline.config import load_config
+    from invattn.sweeps.cli import load_sweep_configs
 
     checked = []
     for block in bash_blocks(README.read_text()):
@@ -96,8 +96,8 @@ def test_simulate_again_keeps_the_same_dataset_and_refuses_another(tmp_path, cap
 # --- QM9 training: MAE with units and a mean-predictor baseline -----------------------------
 
 def test_qm9_training_prints_mae_with_units_and_mean_predictor(tmp_path, capsys):
-    from pipeline.qm9.dataset import QM9Dataset, target_statistics
-    from pipeline.qm9.units import HARTREE_TO_MEV
+    from invattn.pipeline.qm9.dataset import QM9Dataset, target_statistics
+    from invattn.pipeline.qm9.units import HARTREE_TO_MEV
 
     data = tmp_path / "qm9"
     assert cli(["preprocess-qm9", f"source={QM9_CSV}", f"out={data}", "cluster=serial",
@@ -124,7 +124,7 @@ def test_qm9_training_prints_mae_with_units_and_mean_predictor(tmp_path, capsys)
     assert cli(["evaluate", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == summary
 
-    from sweeps.cli import load_sweep_configs  # and a QM9 sweep's table shows the baseline
+    from invattn.sweeps.cli import load_sweep_configs  # and a QM9 sweep's table shows the baseline
 
     sweep_cfg, _ = load_sweep_configs(["task=qm9", f"data.dir={data}"])
     assert "valid_mean_predictor_mae" in sweep_cfg.report_metrics

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import NBodyModel, QM9Model
-from models.registry import MODEL_FORMAT
-from pipeline.config import load_config
-from pipeline.qm9.parse import parse_xyz
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.rotations import random_rotations
+from invattn.models import NBodyModel, QM9Model
+from invattn.models.registry import MODEL_FORMAT
+from invattn.pipeline.config import load_config
+from invattn.pipeline.qm9.parse import parse_xyz
+from invattn.pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from invattn.pipeline.training.rotations import random_rotations
 
 F64 = torch.float64
 SAMPLE = Path(__file__).parent / "data" / "qm9" / "qm9_sample_2000.xyz.tar.bz2"
@@ -143,8 +143,8 @@ def test_float32_results_do_not_depend_on_where_the_system_sits():
 
 
 def test_data_paths_centre_positions_before_the_float32_cast(nbody_tiny):
-    from pipeline.nbody import NBodyWindows
-    from pipeline.training.qm9_task import QM9Task
+    from invattn.pipeline.nbody import NBodyWindows
+    from invattn.pipeline.training.qm9_task import QM9Task
 
     data = NBodyWindows(nbody_tiny / "test.h5", delta_frames=5, train=False)
     b64 = next(data.batches(0, 16, dtype=F64))

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from models import GatedNonlinearity, NormNonlinearity
-from models.features import Features, FeatureShape
-from pipeline.training.rotations import random_rotations
+from invattn.models import GatedNonlinearity, NormNonlinearity
+from invattn.models.features import Features, FeatureShape
+from invattn.pipeline.training.rotations import random_rotations
 
 F64 = torch.float64
 REFLECTION = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import load_config
-from pipeline.qm9 import read_processed
-from pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
-from pipeline.qm9.stage import preprocess
+from invattn.pipeline.config import load_config
+from invattn.pipeline.qm9 import read_processed
+from invattn.pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
+from invattn.pipeline.qm9.stage import preprocess
 
 CSV = Path(__file__).parent / "data" / "qm9" / "qm9pack_sample_500.csv"
 

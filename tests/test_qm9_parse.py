@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.qm9.parse import (TARGET_NAMES, MalformedRecordError, parse_csv_row, parse_number,
+from invattn.pipeline.qm9.parse import (TARGET_NAMES, MalformedRecordError, parse_csv_row, parse_number,
                                 parse_xyz, split_csv_line)
-from pipeline.qm9.sources import DEFAULT_EXCLUDED_IDS_FILE, load_excluded_ids
-from pipeline.qm9.split import assign_splits, split_sizes
-from pipeline.qm9.units import HARTREE_TO_MEV, PAPER_UNITS, to_paper_units
+from invattn.pipeline.qm9.sources import DEFAULT_EXCLUDED_IDS_FILE, load_excluded_ids
+from invattn.pipeline.qm9.split import assign_splits, split_sizes
+from invattn.pipeline.qm9.units import HARTREE_TO_MEV, PAPER_UNITS, to_paper_units
 
 DATA = Path(__file__).parent / "data" / "qm9"
 TAR = DATA / "qm9_sample_2000.xyz.tar.bz2"

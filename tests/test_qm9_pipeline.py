@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.qm9 import read_processed
-from pipeline.qm9.bonds import canonical_smiles, perceive_bonds, perceived_smiles
-from pipeline.qm9.parse import TARGET_NAMES, parse_xyz
-from pipeline.qm9.reader import iter_shards, load_manifest
-from pipeline.qm9.split import split_sizes
-from pipeline.qm9.stage import preprocess
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import load_config
+from invattn.pipeline.qm9 import read_processed
+from invattn.pipeline.qm9.bonds import canonical_smiles, perceive_bonds, perceived_smiles
+from invattn.pipeline.qm9.parse import TARGET_NAMES, parse_xyz
+from invattn.pipeline.qm9.reader import iter_shards, load_manifest
+from invattn.pipeline.qm9.split import split_sizes
+from invattn.pipeline.qm9.stage import preprocess
 
 DATA = Path(__file__).parent / "data" / "qm9"
 TAR = DATA / "qm9_sample_2000.xyz.tar.bz2"
@@ -73,7 +73,7 @@ def csv_out(tmp_path_factory):
     (spawned workers re-import __main__: this is the entry-point guard in real use)."""
     out = tmp_path_factory.mktemp("qm9_csv")
     exe = Path(sys.executable).with_name("invattn")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "invattn.pipeline.cli"]
     proc = subprocess.run(cmd + ["preprocess-qm9", f"source={CSV}", f"out={out}", "shard_size=100",
                                  "local.n_workers=2", "local.processes=true", "progress=false"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -340,7 +340,7 @@ def test_perceive_bonds_api():
 
 
 def test_slurm_cluster_from_config():
-    from pipeline.qm9.cluster import make_slurm_cluster
+    from invattn.pipeline.qm9.cluster import make_slurm_cluster
 
     cfg = load_config("preprocess_qm9", ["cluster=slurm", "slurm.queue=debug", "slurm.cores=2",
                                          "slurm.processes=2", "slurm.memory=3GB", "slurm.walltime=00:10:00",

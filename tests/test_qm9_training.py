@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.training import train
-from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.metrics_log import MetricsLog
-from pipeline.training.qm9_task import QM9Task
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import load_config
+from invattn.pipeline.training import train
+from invattn.pipeline.training.checkpoint import load_checkpoint
+from invattn.pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.training.qm9_task import QM9Task
 
 SAMPLE = "tests/data/qm9/qm9_sample_2000.xyz.tar.bz2"
 

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cli import main as cli
-from pipeline.config import ConfigError, config_dir, key_types, load_config
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import ConfigError, config_dir, key_types, load_config
 
 QM9_CSV = "tests/data/qm9/qm9pack_sample_500.csv"
 
@@ -92,7 +92,7 @@ def test_every_key_of_every_config_and_preset_has_a_type():
 
 @pytest.mark.parametrize("value, word", [(np.inf, "inf"), (np.nan, "nan")])
 def test_nonfinite_velocities_are_named_on_reading(nbody_tiny, tmp_path, capsys, value, word):
-    from pipeline.nbody import NBodyWindows
+    from invattn.pipeline.nbody import NBodyWindows
 
     data = tmp_path / "data"
     shutil.copytree(nbody_tiny, data)
@@ -157,7 +157,7 @@ def test_training_on_2d_data_is_refused_up_front(tmp_path, capsys):
     # Refused before the model is built or anything is written (the run lock aside).
     assert not [p.name for p in run.glob("*") if p.name != ".lock"]
 
-    from sweeps.runner import check_data
+    from invattn.sweeps.runner import check_data
 
     cfg = load_config("train_nbody", [f"data.dir={data}"])
     with pytest.raises(ValueError, match="2D is not supported by the model yet"):

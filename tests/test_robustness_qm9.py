@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main as cli
-from pipeline.qm9.reader import load_manifest
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.qm9.reader import load_manifest
 
 DATA = Path(__file__).resolve().parent / "data" / "qm9"
 ARGS = ["cluster=serial", "progress=false"]

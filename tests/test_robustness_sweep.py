@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main as cli
+from invattn.pipeline.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["train.epochs=2", "train.batch_size=32", "train.num_threads=1", "data.max_test_sims=32",
@@ -55,7 +55,7 @@ def test_non_numeric_search_entries_are_named_by_the_search_space():
     # The same check where the space is built (configs that bypass the command line).
     from omegaconf import OmegaConf
 
-    from sweeps.space import param_space
+    from invattn.sweeps.space import param_space
 
     search = OmegaConf.create({"lr": [1e-3, "abc"], "subdeterminants": ["all"], "seeds": [0]})
     with pytest.raises(ValueError, match="search.lr entries must be numbers, got 'abc'"):
@@ -105,7 +105,7 @@ def _sweep(home: Path, results: Path, *extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "sweep", "name=mixed", f"results_dir={results}",
+        [sys.executable, "-m", "invattn.pipeline.cli", "sweep", "name=mixed", f"results_dir={results}",
          "ray.num_cpus=2", "ray.dashboard=false", *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -175,7 +175,7 @@ def test_allow_failed_trials_accepts_them_on_resume(mixed_sweep):
 
 def test_existing_world_readable_token_is_narrowed_and_a_missing_one_refused_when_joining(
         tmp_path, monkeypatch, capsys):
-    from sweeps.ray_cluster import ensure_token_file
+    from invattn.sweeps.ray_cluster import ensure_token_file
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import simulator.generate as gen
-from pipeline.cli import main as cli
-from pipeline.config import config_dir, load_config
-from simulator import initial_conditions, simulate
-from simulator.generate import SimulationSettings, generate, merge, shard_name
-from simulator.io import DATASETS, open_trajectories, read_trajectories
+import invattn.simulator.generate as gen
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import config_dir, load_config
+from invattn.simulator import initial_conditions, simulate
+from invattn.simulator.generate import SimulationSettings, generate, merge, shard_name
+from invattn.simulator.io import DATASETS, open_trajectories, read_trajectories
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny but real: 3 frames per simulation; sizes not multiples of the shard count or the block.
@@ -97,7 +97,7 @@ def test_seeds_reproducible_and_distinct():
 def test_same_arrays_with_one_numba_thread_in_another_process(single, tmp_path):
     code = textwrap.dedent(f"""
         import numba
-        from pipeline.cli import main
+        from invattn.pipeline.cli import main
         assert numba.get_num_threads() == 1
         raise SystemExit(main(["simulate", "out={tmp_path}", *{TINY!r}, "progress=false"]))
     """)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nbody_reference import reference_energies, reference_simulate
-from simulator import NonFiniteSimulationError, energies, initial_conditions, simulate
+from invattn.simulator import NonFiniteSimulationError, energies, initial_conditions, simulate
 
 
 def _random_states(rng, n_sims, n_bodies, dim):

@@ -7,9 +7,9 @@ import importlib
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from simulator import initial_conditions, simulate
-from simulator.generate import SimulationSettings
+from invattn.pipeline.config import ConfigError, load_config
+from invattn.simulator import initial_conditions, simulate
+from invattn.simulator.generate import SimulationSettings
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_box_size_null_and_zero_mean_no_walls():
     assert _settings("box_size=0").box_size == 0.0
 
 
-@pytest.mark.parametrize("module", ["simulator.dynamics", "simulator.initial"])
+@pytest.mark.parametrize("module", ["invattn.simulator.dynamics", "invattn.simulator.initial"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

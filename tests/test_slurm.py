@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.slurm_wait import SlurmJobError, job_status, wait_job as wait_slurm_job
+from invattn.sweeps.slurm_wait import SlurmJobError, job_status, wait_job as wait_slurm_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 

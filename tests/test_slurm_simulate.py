@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cli import main as cli
-from sweeps.slurm_wait import wait_job
+from invattn.pipeline.cli import main as cli
+from invattn.sweeps.slurm_wait import wait_job
 
 ROOT = Path(__file__).resolve().parents[1]
 REGEN = ROOT / "slurm" / "regenerate_nbody.sh"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main as cli
-from sweeps import slurm_wait, submitit_launcher
-from sweeps.cli import load_sweep_configs
+from invattn.pipeline.cli import main as cli
+from invattn.sweeps import slurm_wait, submitit_launcher
+from invattn.sweeps.cli import load_sweep_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["train_preset=demo", "search.lr=[1e-3,3e-3]", "train.epochs=1", "train.tensorboard=false",
@@ -76,7 +76,7 @@ def test_sweep_sh_smoke_on_two_nodes(slurm_cluster, smoke_data, tmp_path):
     no_ray_left(job)
 
     # What sweep.sh decides on a requeue: resume only a sweep whose Tune state exists.
-    check = subprocess.run([sys.executable, "-m", "sweeps.submitit_launcher", "--can-resume",
+    check = subprocess.run([sys.executable, "-m", "invattn.sweeps.submitit_launcher", "--can-resume",
                             f"results_dir={results}", "name=smoke"], capture_output=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert submitit_launcher._main(["--can-resume", f"results_dir={results}", "name=never_started"]) == 1

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.graph import _brute_force_pairs, check_cutoff, radius_graph, radius_graph_dense, switching_function
+from invattn.models.graph import _brute_force_pairs, check_cutoff, radius_graph, radius_graph_dense, switching_function
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -8,8 +8,8 @@ import io
 import pytest
 import torch
 
-from models import NBodyModel, QM9Model, build_model
-from models.sparse_attention import scatter_switched_softmax_sum
+from invattn.models import NBodyModel, QM9Model, build_model
+from invattn.models.sparse_attention import scatter_switched_softmax_sum
 from test_models_equivariance import SMALL_NBODY, SMALL_QM9, random_rotation, reflection
 
 F64 = torch.float64
@@ -291,7 +291,7 @@ def test_ragged_batch_equals_graphs_one_by_one(group):
 def test_large_graph_search_does_not_change_outputs(monkeypatch):
     """200 bodies take the cell-list search; forcing all pairs gives the same edges, hence the
     same outputs, and the large graph is still equivariant."""
-    import models.graph
+    import invattn.models.graph as graph
 
     x, v, q, mask = nbody_batch(seed=12, batch=2, bodies=200, scale=4.0)
     model = nbody("E3", cutoff=2.0, cutoff_inner=1.5)
@@ -300,7 +300,7 @@ def test_large_graph_search_does_not_change_outputs(monkeypatch):
     rot = reflection(g)
     rotated = model(x @ rot.T + 1.0, v @ rot.T, q, mask)
     assert max_diff(rotated, tuple(o @ rot.T for o in cells)) < TOL
-    monkeypatch.setattr(models.graph, "_BRUTE_FORCE_MAX_NODES", 10 ** 9)
+    monkeypatch.setattr(graph, "_BRUTE_FORCE_MAX_NODES", 10 ** 9)
     assert max_diff(model(x, v, q, mask), cells) == 0.0
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from models import EquivariantAttention, Features, FeatureShape
-from models.graph import radius_graph
-from models.sparse_attention import SparseEquivariantAttention
+from invattn.models import EquivariantAttention, Features, FeatureShape
+from invattn.models.graph import radius_graph
+from invattn.models.sparse_attention import SparseEquivariantAttention
 from test_models_equivariance import random_rotation, reflection
 
 F64 = torch.float64

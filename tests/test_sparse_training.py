@@ -8,16 +8,16 @@ import json
 import pytest
 import torch
 
-from models import build_model
-from models.graph import radius_graph_dense
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.nbody.dataset import NBodyWindows
-from pipeline.qm9.dataset import collate_qm9
-from pipeline.training import train
-from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.cli import evaluate_checkpoint
-from pipeline.training.qm9_task import QM9Task
+from invattn.models import build_model
+from invattn.models.graph import radius_graph_dense
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import load_config
+from invattn.pipeline.nbody.dataset import NBodyWindows
+from invattn.pipeline.qm9.dataset import collate_qm9
+from invattn.pipeline.training import train
+from invattn.pipeline.training.checkpoint import load_checkpoint
+from invattn.pipeline.training.cli import evaluate_checkpoint
+from invattn.pipeline.training.qm9_task import QM9Task
 
 TINY_MODEL = ["model.group=E3", "model.n_layers=2", "model.vectors=2", "model.scalars=8", "model.heads=2",
               "model.query_vectors=2", "model.query_scalars=8", "model.mlp_hidden=16"]

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import requests
 
-from sweeps.cli import load_sweep_configs
-from sweeps.ray_cluster import free_port, set_auth_mode
-from sweeps.runner import run_sweep
+from invattn.sweeps.cli import load_sweep_configs
+from invattn.sweeps.ray_cluster import free_port, set_auth_mode
+from invattn.sweeps.runner import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(nbody_tiny, t
 
     ctx, _ = ray_local
     address = ray.get_runtime_context().gcs_address
-    args = [sys.executable, "-m", "pipeline.cli", "sweep", f"ray.address={address}",
+    args = [sys.executable, "-m", "invattn.pipeline.cli", "sweep", f"ray.address={address}",
             "name=cut", f"results_dir={tmp_path}", f"data.dir={nbody_tiny}", "verbose=0",
             "search.lr=[1e-3,2e-3,3e-3]", "max_concurrent_trials=1", *TRAIN]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -121,7 +121,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(nbody_tiny, t
 
 
 def test_resume_refuses_changed_settings(nbody_tiny, tmp_path):
-    from sweeps.runner import save_configs
+    from invattn.sweeps.runner import save_configs
 
     sweep_cfg, train_cfg = configs(nbody_tiny, tmp_path, "name=saved")
     save_configs(tmp_path / "saved", sweep_cfg, train_cfg)
@@ -133,7 +133,7 @@ def test_resume_refuses_changed_settings(nbody_tiny, tmp_path):
 
 
 def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
-    from pipeline.config import ConfigError
+    from invattn.pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match="search.lr"):
         load_sweep_configs(["search.lrr=[1e-3]"])
@@ -148,7 +148,7 @@ def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
 
 
 def test_demo_sweep_ranks_by_validation_mse_on_held_out_training_simulations():
-    from pipeline.config import ConfigError
+    from invattn.pipeline.config import ConfigError
 
     sweep_cfg, train_cfg = load_sweep_configs(["preset=demo"])
     assert sweep_cfg.metric == "val_mse_x" and sweep_cfg.mode == "min"

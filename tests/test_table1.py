@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from sweeps.table1 import best_lr_per_group, summarize, update_markdown
+from invattn.sweeps.table1 import best_lr_per_group, summarize, update_markdown
 
 
 def run(group, seed, lr, epochs, mse_x, mse_v):
@@ -62,7 +62,7 @@ def test_egnn_row_mean_std_and_every_run_kept_in_the_record(tmp_path):
     plot is drawn from the JSON record alone."""
     import json
 
-    from sweeps.table1 import markdown_table, plot_json
+    from invattn.sweeps.table1 import markdown_table, plot_json
 
     runs = [run(g, s, 1e-3, 3, 0.002 * (s + 1), 0.04 + 0.01 * s) for g in ("E3", "SE3", "EGNN") for s in (0, 1, 2)]
     lr_runs = [val_run(g, 0, lr, 2, 1) for g in ("E3", "SE3", "EGNN") for lr in (1e-3, 3e-3)]
@@ -82,7 +82,7 @@ def test_egnn_row_mean_std_and_every_run_kept_in_the_record(tmp_path):
 
 
 def test_best_validation_epoch_and_egnn_protocol_table(tmp_path):
-    from sweeps.table1 import markdown_table, plot_curves
+    from invattn.sweeps.table1 import markdown_table, plot_curves
 
     runs = [val_run(g, s, 1e-3, 4, best_epoch=2 + s) for g in ("E3", "EGNN") for s in (0, 1)]
     rec = summarize(runs, command="c", epochs=4)
@@ -113,7 +113,7 @@ def test_learning_rates_are_chosen_on_validation_not_test():
 ])
 def test_reproduction_settings_fail_in_one_line_before_any_work(command, args, words, tmp_path, capsys,
                                                                  monkeypatch):
-    from pipeline.cli import main as cli
+    from invattn.pipeline.cli import main as cli
 
     monkeypatch.chdir(tmp_path)
     assert cli([command, *args]) == 2

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from pipeline.cli import main as cli
-from pipeline.config import ConfigError, load_config
-from pipeline.training import train
-from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.cli import evaluate_checkpoint
-from pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.cli import main as cli
+from invattn.pipeline.config import ConfigError, load_config
+from invattn.pipeline.training import train
+from invattn.pipeline.training.checkpoint import load_checkpoint
+from invattn.pipeline.training.cli import evaluate_checkpoint
+from invattn.pipeline.training.metrics_log import MetricsLog
 
 
 def tiny_cfg(data_dir, run_dir, **extra):
@@ -66,7 +66,7 @@ def test_evaluate_reproduces_final_metrics(nbody_tiny, tmp_path, capsys):
 
 
 def test_baselines_are_consistent(nbody_tiny, tmp_path):
-    from pipeline.nbody import NBodyWindows
+    from invattn.pipeline.nbody import NBodyWindows
 
     data = NBodyWindows(nbody_tiny / "test.h5", delta_frames=5, train=False)
     batch = next(data.batches(0, 10_000, dtype=torch.float64))

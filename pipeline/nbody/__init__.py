@@ -1,4 +1,4 @@
 """N-body trajectories (HDF5 from :mod:`simulator`) as training windows."""
-from pipeline.nbody.dataset import NBodyWindows
+from invattn.pipeline.nbody.dataset import NBodyWindows
 
 __all__ = ["NBodyWindows"]

@@ -48,7 +48,7 @@ def _read_file(path: Path) -> dict:
         raise FileNotFoundError(
             f"N-body data file {path} does not exist; generate it with "
             f"`invattn simulate preset=paper out={path.parent}` (or preset=demo)")
-    from simulator import io as sim_io  # validates format and every virtual-dataset source
+    from invattn.simulator import io as sim_io  # validates format and every virtual-dataset source
 
     return sim_io.read_trajectories(path)
 

@@ -6,8 +6,8 @@
   side (``from pipeline.qm9.dataset import ...``)
 * shard format: :mod:`pipeline.qm9.shards`; units: :mod:`pipeline.qm9.units`
 """
-from pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS, MalformedRecordError, Molecule, parse_csv_row, parse_xyz
-from pipeline.qm9.reader import load_manifest, read_processed
+from invattn.pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS, MalformedRecordError, Molecule, parse_csv_row, parse_xyz
+from invattn.pipeline.qm9.reader import load_manifest, read_processed
 
 __all__ = ["TARGET_NAMES", "TARGET_UNITS", "Molecule", "MalformedRecordError", "parse_xyz",
            "parse_csv_row", "read_processed", "load_manifest", "preprocess"]
@@ -16,7 +16,7 @@ __all__ = ["TARGET_NAMES", "TARGET_UNITS", "Molecule", "MalformedRecordError", "
 def __getattr__(name):
     # The stage imports RDKit; readers (the training loop) do not need it.
     if name == "preprocess":
-        from pipeline.qm9.stage import preprocess
+        from invattn.pipeline.qm9.stage import preprocess
 
         return preprocess
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipeline.qm9.stage import preprocess
+from invattn.pipeline.qm9.stage import preprocess
 
 __all__ = ["preprocess_command"]
 

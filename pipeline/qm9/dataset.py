@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.qm9.parse import TARGET_NAMES
-from pipeline.qm9.reader import iter_shards, load_manifest
-from pipeline.qm9.split import SPLIT_CODES
+from invattn.pipeline.qm9.parse import TARGET_NAMES
+from invattn.pipeline.qm9.reader import iter_shards, load_manifest
+from invattn.pipeline.qm9.split import SPLIT_CODES
 
 __all__ = ["QM9Dataset", "collate_qm9", "target_statistics"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.qm9.bonds import perceive_bonds
-from pipeline.qm9.parse import TARGET_NAMES, MalformedRecordError, parse_csv_row, parse_xyz, split_csv_line
-from pipeline.qm9.shards import shard_name, write_shard
-from pipeline.qm9.sources import SourceRecord
-from pipeline.qm9.split import SPLIT_NAMES
+from invattn.pipeline.qm9.bonds import perceive_bonds
+from invattn.pipeline.qm9.parse import TARGET_NAMES, MalformedRecordError, parse_csv_row, parse_xyz, split_csv_line
+from invattn.pipeline.qm9.shards import shard_name, write_shard
+from invattn.pipeline.qm9.sources import SourceRecord
+from invattn.pipeline.qm9.split import SPLIT_NAMES
 
 __all__ = ["RawMolecule", "ShardTask", "load_partition", "parse_raw", "process_partition"]
 

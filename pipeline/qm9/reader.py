@@ -12,9 +12,9 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.qm9.parse import TARGET_NAMES
-from pipeline.qm9.shards import MANIFEST_FORMAT, MANIFEST_NAME, SHARD_FORMAT_VERSION, read_shard, shard_attrs
-from pipeline.qm9.split import SPLIT_NAMES
+from invattn.pipeline.qm9.parse import TARGET_NAMES
+from invattn.pipeline.qm9.shards import MANIFEST_FORMAT, MANIFEST_NAME, SHARD_FORMAT_VERSION, read_shard, shard_attrs
+from invattn.pipeline.qm9.split import SPLIT_NAMES
 
 __all__ = ["load_manifest", "iter_shards", "read_processed"]
 

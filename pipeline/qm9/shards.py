@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS
+from invattn.pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS
 
 __all__ = ["SHARD_FORMAT_VERSION", "MANIFEST_NAME", "MANIFEST_FORMAT", "shard_name", "temp_name", "is_temp_name", "write_shard",
            "read_shard", "shard_attrs", "shard_is_valid"]

@@ -22,7 +22,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.qm9.parse import CSV_COLUMNS, CSV_MOLECULE_COLUMNS, gdb_id_from_name
+from invattn.pipeline.qm9.parse import CSV_COLUMNS, CSV_MOLECULE_COLUMNS, gdb_id_from_name
 
 __all__ = ["SourceRecord", "Source", "resolve_source", "scan_source", "load_excluded_ids",
            "qm9pack_data_files", "DEFAULT_EXCLUDED_IDS_FILE"]

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.qm9.partition import ShardTask, load_partition, process_partition
-from pipeline.qm9.shards import (MANIFEST_FORMAT, MANIFEST_NAME, SHARD_FORMAT_VERSION, is_temp_name, shard_attrs,
+from invattn.pipeline.qm9.partition import ShardTask, load_partition, process_partition
+from invattn.pipeline.qm9.shards import (MANIFEST_FORMAT, MANIFEST_NAME, SHARD_FORMAT_VERSION, is_temp_name, shard_attrs,
                                  shard_is_valid, shard_name)
-from pipeline.qm9.sources import Source, load_excluded_ids, resolve_source, scan_source
-from pipeline.qm9.split import SPLIT_NAMES, assign_splits, split_sizes
+from invattn.pipeline.qm9.sources import Source, load_excluded_ids, resolve_source, scan_source
+from invattn.pipeline.qm9.split import SPLIT_NAMES, assign_splits, split_sizes
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "preprocess", "plan", "write_json_atomic"]
 
@@ -174,7 +174,7 @@ def _run_dask(cfg, tasks, src, out, bond_options, log, progress):
     from distributed import as_completed
     from tqdm import tqdm
 
-    from pipeline.qm9.cluster import dask_client
+    from invattn.pipeline.qm9.cluster import dask_client
 
     results, errors = [], []
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ Cv in cal/(mol K).  The other targets are reported as stored, with their unit na
 """
 from __future__ import annotations
 
-from pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS
+from invattn.pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS
 
 __all__ = ["HARTREE_TO_EV", "HARTREE_TO_MEV", "PAPER_UNITS", "PAPER_FACTORS", "to_paper_units"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from models.registry import MODEL_FORMAT, MODEL_FORMATS
-from simulator.io import write_error
+from invattn.models.registry import MODEL_FORMAT, MODEL_FORMATS
+from invattn.simulator.io import write_error
 
 __all__ = ["save_checkpoint", "load_checkpoint", "write_text_atomic", "cannot_write"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.loop import make_task, resolve_device, train
+from invattn.pipeline.training.checkpoint import load_checkpoint
+from invattn.pipeline.training.loop import make_task, resolve_device, train
 
 __all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
 
@@ -15,7 +15,7 @@ __all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
 def _print_metrics(cfg: DictConfig, metrics: dict) -> str:
     """The metrics as JSON; for QM9 with their units and a line beside the mean predictor."""
     if cfg.get("task") == "qm9":
-        from pipeline.training.qm9_task import describe_metrics, metric_units
+        from invattn.pipeline.training.qm9_task import describe_metrics, metric_units
 
         units = {k: u for k, u in metric_units(str(cfg.target)).items() if k in metrics}
         text = json.dumps({**metrics, "units": units}, indent=2)

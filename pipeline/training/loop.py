@@ -17,11 +17,11 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import flat_keys
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
-from pipeline.training.metrics_log import MetricsLog
-from pipeline.training.run_lock import run_dir_lock
-from pipeline.training.schedule import lr_factor
+from invattn.pipeline.config import flat_keys
+from invattn.pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from invattn.pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.training.run_lock import run_dir_lock
+from invattn.pipeline.training.schedule import lr_factor
 
 __all__ = ["train", "make_task", "resolve_device", "checkpoint_path", "count_parameters"]
 
@@ -33,11 +33,11 @@ Reporter = Callable[[dict, Path], None]
 def make_task(cfg: DictConfig):
     """The task object for ``cfg.task`` (``nbody`` or ``qm9``)."""
     if cfg.task == "nbody":
-        from pipeline.training.nbody_task import NBodyTask
+        from invattn.pipeline.training.nbody_task import NBodyTask
 
         return NBodyTask(cfg)
     if cfg.task == "qm9":
-        from pipeline.training.qm9_task import QM9Task
+        from invattn.pipeline.training.qm9_task import QM9Task
 
         return QM9Task(cfg)
     raise ValueError(f"task={cfg.task!r} is not one of 'nbody', 'qm9'")

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from pipeline.training.checkpoint import cannot_write, write_text_atomic
+from invattn.pipeline.training.checkpoint import cannot_write, write_text_atomic
 
 __all__ = ["MetricsLog"]
 

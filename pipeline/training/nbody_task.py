@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.nbody import NBodyWindows
-from pipeline.training.rotations import random_rotations
+from invattn.pipeline.nbody import NBodyWindows
+from invattn.pipeline.training.rotations import random_rotations
 
 __all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "build_nbody_model", "model_label",
            "ARCHITECTURES"]
@@ -30,7 +30,7 @@ def require_3d(path: Path) -> None:
     """
     if not path.is_file():
         return
-    from simulator.io import read_attributes
+    from invattn.simulator.io import read_attributes
 
     try:
         dim = read_attributes(path).get("dim")
@@ -75,7 +75,7 @@ def nbody_model_kwargs(cfg) -> tuple[str, dict]:
 
 def build_nbody_model(architecture: str, kwargs: dict):
     """The model of :func:`nbody_model_kwargs`'s answer (ours from the registry, or the EGNN)."""
-    from models import EGNN, build_model
+    from invattn.models import EGNN, build_model
 
     return EGNN(**kwargs) if architecture == "egnn" else build_model("nbody", **kwargs)
 

@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
-from pipeline.qm9.units import PAPER_UNITS, to_paper_units
-from pipeline.training.rotations import random_rotations
+from invattn.pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
+from invattn.pipeline.qm9.units import PAPER_UNITS, to_paper_units
+from invattn.pipeline.training.rotations import random_rotations
 
 __all__ = ["QM9Task", "metric_units", "describe_metrics"]
 
@@ -62,7 +62,7 @@ class QM9Task:
         self.metric_units = metric_units(self.target)
 
     def build_model(self):
-        from models import QM9Model
+        from invattn.models import QM9Model
 
         return QM9Model(**self.model_kwargs)
 
@@ -72,7 +72,7 @@ class QM9Task:
     def _to(self, batch, device):
         # Targets stay float64: U0 is about -400 Ha, and float32 would lose ~1 meV before
         # normalization. Positions are centred per molecule while still float64 (issue 11).
-        from models.inputs import centre_positions
+        from invattn.models.inputs import centre_positions
 
         batch = dict(batch, positions=centre_positions(batch["positions"], batch["mask"],
                                                        batch["positions"].dtype))
