@@ -1,5 +1,8 @@
 """SE(3)- and E(3)-equivariant self-attention from invariant features (Chen & Villar, 2022).
 
+Other groups through the same code: E(d)/SE(d) in any dimension and the Lorentz groups
+(:mod:`models.groups`, ``group="E2"``, ``"SE4"``, ``"SO+(1,3)"``, ..).
+
 Public API
 ----------
 - :class:`NBodyModel`, :class:`QM9Model`: the task models (paper section 3); ``build_model(task,
@@ -16,7 +19,8 @@ Public API
 from invattn.models.attention import EquivariantAttention, masked_softmax
 from invattn.models.backbone import EquivariantTransformer
 from invattn.models.egnn import EGNN
-from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap, parse_group
+from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap
+from invattn.models.groups import GROUP_NAMES, Group, parse_group
 from invattn.models.features import Features, FeatureShape
 from invattn.models.graph import radius_graph, switching_function
 from invattn.models.invariants import choose_combinations, cross_products, gram_upper, subdeterminants
@@ -33,7 +37,7 @@ __all__ = [
     "Features", "FeatureShape", "EquivariantMap", "CoefficientMLP", "EquivariantAttention",
     "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "GatedNonlinearity",
     "NormNonlinearity",
-    "masked_softmax", "parse_group",
+    "masked_softmax", "parse_group", "Group", "GROUP_NAMES",
     "gram_upper", "subdeterminants", "cross_products", "choose_combinations",
     "SparseEquivariantAttention", "SparseEquivariantTransformer", "radius_graph", "switching_function",
 ]

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap
 from invattn.models.features import Features, FeatureShape
+from invattn.models.groups import parse_group
 from invattn.models.neighbour_invariants import NeighbourInvariants, PairInputs
 
 __all__ = ["EquivariantAttention", "masked_softmax"]
@@ -73,7 +74,10 @@ class EquivariantAttention(nn.Module):
         Query/key channels ``(T_q, L_q)``; flattened dimension ``3 T_q + L_q`` (eq. 9-10).
     hidden : int
         Width of each Phi's MLP ``g``.
-    group : {"SE3", "E3"}
+    group : str or Group
+        Any name of :func:`~models.groups.parse_group` (``"SE3"``, ``"E2"``, ``"SO+(1,3)"``, ..);
+        vectors are ``d``-dimensional (3 below). Under a Lorentz group the logits pair query and key
+        vectors through the Minkowski form (the plain dot product is not invariant there).
     subdeterminants, cross_products : "all" or int, or a dict ``{"q": .., "kv": ..}``
         Sampling option per Phi (see :class:`EquivariantMap`); a dict gives the query map and the
         key/value maps different options (they have ``T`` and ``T + 1`` input vectors). The key
@@ -122,6 +126,7 @@ class EquivariantAttention(nn.Module):
             raise ValueError("query_shape must have at least one channel")
         self.in_shape, self.out_shape, self.query_shape = in_shape, out_shape, query_shape
         self.edge_dim, self.heads = edge_dim, heads
+        self.group = parse_group(group)
 
         def option(value, key):
             return value[key] if isinstance(value, dict) else value
@@ -133,10 +138,10 @@ class EquivariantAttention(nn.Module):
         n_inv, n_basis = self.neighbours.n_invariants, self.neighbours.n_basis
         self.key = CoefficientMLP(n_inv, hidden, query_shape.vectors * n_basis + query_shape.scalars)  # eq. 2
         self.value = CoefficientMLP(n_inv, hidden, out_shape.vectors * n_basis + out_shape.scalars)  # eq. 3
-        self.scale = 1.0 / math.sqrt(query_shape.flat_dim // heads)
+        self.scale = 1.0 / math.sqrt((self.group.dim * query_shape.vectors + query_shape.scalars) // heads)
 
     def _flatten_heads(self, vectors: Tensor, scalars: Tensor) -> Tensor:
-        """``[..., T, 3], [..., L] -> [..., heads, 3 T / heads + L / heads]`` (eq. 9-10 per head)."""
+        """``[..., T, d], [..., L] -> [..., heads, d T / heads + L / heads]`` (eq. 9-10 per head)."""
         h = self.heads
         vectors = vectors.flatten(-2).unflatten(-1, (h, -1))  # channel-major, so head k owns a block
         return torch.cat([vectors, scalars.unflatten(-1, (h, -1))], dim=-1)
@@ -160,12 +165,12 @@ class EquivariantAttention(nn.Module):
         -------
         Features ``([B, N_j, N_i, T', 3], [B, N_j, N_i, L'])``.
         """
-        t = shape.vectors
+        t, d = shape.vectors, inputs.pair_basis.shape[-1]
         k_node, k_pair = inputs.node_basis.shape[-2], inputs.pair_basis.shape[-2]
         b, n_j, n_i, width = hidden.shape
         weight, bias = mlp.last.weight, mlp.last.bias
         n_node = t * k_node
-        # Per node, M_j costs T' K_node H 3 multiply-adds; per pair the reassociation saves about
+        # Per node, M_j costs T' K_node H d multiply-adds; per pair the reassociation saves about
         # H T' (K_node - 3). Measured on a CPU, M_j's einsums cost several times their arithmetic,
         # so the switch is set well above break-even (QM9 molecules: yes; 5 bodies: no).
         contract = k_node and n_i * (k_node - 3) > CONTRACT_FACTOR * k_node
@@ -183,17 +188,21 @@ class EquivariantAttention(nn.Module):
             basis = inputs.node_basis  # [B, N_j, K_node, 3]
             m = torch.einsum("tkh,bjkc->bjhtc", weight[:n_node].view(t, k_node, width), basis)
             node_bias = torch.einsum("tk,bjkc->bjtc", bias[:n_node].view(t, k_node), basis)
-            node_vectors = hidden @ m.reshape(b, n_j, width, t * 3)  # [B, N_j, N_i, T' * 3]
-            vectors = vectors + node_vectors.view(b, n_j, n_i, t, 3) + node_bias.unsqueeze(2)
+            node_vectors = hidden @ m.reshape(b, n_j, width, t * d)  # [B, N_j, N_i, T' * d]
+            vectors = vectors + node_vectors.view(b, n_j, n_i, t, d) + node_bias.unsqueeze(2)
         elif k_node:
             node_w = node_w.reshape(b, n_j, n_i * t, k_node)
-            vectors = vectors + (node_w @ inputs.node_basis).view(b, n_j, n_i, t, 3)
+            vectors = vectors + (node_w @ inputs.node_basis).view(b, n_j, n_i, t, d)
         return Features(vectors, scalars)
 
     def queries(self, features: Features) -> Tensor:
-        """Flattened queries per head (eq. 1, 9): ``Features([..., T, 3], [..., L]) -> [..., H, d]``."""
+        """Flattened queries per head (eq. 1, 9): ``Features([..., T, d], [..., L]) -> [..., H, d']``.
+
+        The query vectors are lowered by the group's form (``eta q``, the identity for Euclidean
+        groups), so the plain dot product with a flattened key is ``<q, k>``, an invariant.
+        """
         query = self.query(features)
-        return self._flatten_heads(query.vectors, query.scalars)
+        return self._flatten_heads(self.group.lower(query.vectors), query.scalars)
 
     def keys_values(self, features: Features, relative_positions: Tensor,
                     edge_features: Tensor) -> tuple[Tensor, Features]:

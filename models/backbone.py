@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from invattn.models.attention import EquivariantAttention
 from invattn.models.features import Features, FeatureShape
+from invattn.models.groups import parse_group
 from invattn.models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
 from invattn.models.nonlinearity import GatedNonlinearity
 
@@ -32,27 +33,32 @@ def validate_sizes(**sizes: int) -> None:
 
 
 def validate_sampling(subdeterminants: int | str, cross_products: int | str,
-                      hidden_vectors: int) -> None:
+                      hidden_vectors: int, dim: int = 3) -> None:
     """Check model-wide sampling options against the largest map (``T + 1`` key/value vectors).
 
     The options are validated for the E(3) variant too (where they are then unused), so a
     config that is wrong for one variant is wrong for both.
 
+    ``dim`` is the group's dimension ``d``: subdeterminants take ``d`` vectors, cross products ``d - 1``.
+
     Raises
     ------
     ValueError
-        If an option is neither ``"all"`` nor an int in ``[1, C(T+1, 3)]`` (triples) /
-        ``[1, C(T+1, 2)]`` (cross products).
+        If an option is neither ``"all"`` nor an int in ``[1, C(T+1, d)]`` (triples in 3D) /
+        ``[1, C(T+1, d-1)]`` (cross products).
     """
     t = hidden_vectors + 1
-    resolve_subset_size(subdeterminants, n_combinations(t, 3),
-                        f"subdeterminants (C({t},3) triples for {hidden_vectors} vector channels + 1)")
-    resolve_subset_size(cross_products, n_combinations(t, 2),
-                        f"cross_products (C({t},2) pairs for {hidden_vectors} vector channels + 1)")
+    sets = "triples" if dim == 3 else f"{dim}-sets"
+    resolve_subset_size(subdeterminants, n_combinations(t, dim),
+                        f"subdeterminants (C({t},{dim}) {sets} for {hidden_vectors} vector channels + 1)")
+    sets = "pairs" if dim == 3 else f"{dim - 1}-sets"
+    resolve_subset_size(cross_products, n_combinations(t, dim - 1),
+                        f"cross_products (C({t},{dim - 1}) {sets} for {hidden_vectors} vector channels + 1)")
 
 
 def sampling_for(option: int | str, vectors: int, r: int) -> int | str:
-    """Model-wide option clamped for a map with ``vectors`` input vectors (r = 3 triples, 2 pairs)."""
+    """Model-wide option clamped for a map with ``vectors`` input vectors (r = d for
+    subdeterminants, d - 1 for cross products: 3 triples, 2 pairs in 3D)."""
     return clamp_subset_option(option, n_combinations(vectors, r))
 
 
@@ -72,7 +78,8 @@ class EquivariantTransformer(nn.Module):
         Query/key channels of every layer.
     mlp_hidden : int
         Width of every Phi's MLP.
-    group : {"SE3", "E3"}
+    group : str or Group
+        Any name of :func:`~models.groups.parse_group`; vectors are ``d``-dimensional (3 below).
     subdeterminants, cross_products : "all" or int
         Model-wide sampling options, clamped per map (see :func:`sampling_for`).
     generator : torch.Generator, optional
@@ -95,20 +102,22 @@ class EquivariantTransformer(nn.Module):
         self.layers = nn.ModuleList()
         self.norms = nn.ModuleList()
         shape = FeatureShape(*in_shape)
+        group = parse_group(group)
+        d = group.dim
         for index in range(n_layers):
             t = shape.vectors
             options = {
-                "subdeterminants": {"q": sampling_for(subdeterminants, t, 3),
-                                    "kv": sampling_for(subdeterminants, t + 1, 3)},
-                "cross_products": {"q": sampling_for(cross_products, t, 2),
-                                   "kv": sampling_for(cross_products, t + 1, 2)},
+                "subdeterminants": {"q": sampling_for(subdeterminants, t, d),
+                                    "kv": sampling_for(subdeterminants, t + 1, d)},
+                "cross_products": {"q": sampling_for(cross_products, t, d - 1),
+                                   "kv": sampling_for(cross_products, t + 1, d - 1)},
             }
             self.layers.append(self.attention_class(shape, hidden_shape, edge_dim, heads, query_shape,
                                                     mlp_hidden, group, generator=generator, **options))
             # Layer 0 changes the channel count, so it has no residual and no pre-norm.
-            self.norms.append(GatedNonlinearity(hidden_shape) if index else nn.Identity())
+            self.norms.append(GatedNonlinearity(hidden_shape, group) if index else nn.Identity())
             shape = FeatureShape(*hidden_shape)
-        self.final_norm = GatedNonlinearity(hidden_shape)
+        self.final_norm = GatedNonlinearity(hidden_shape, group)
 
     def forward(self, features: Features, relative_positions: Tensor, edge_features: Tensor,
                 mask: Tensor) -> Features:

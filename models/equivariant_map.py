@@ -8,7 +8,9 @@
 
 where ``g`` is one MLP ``Linear -> LayerNorm -> ReLU -> Linear`` (section 2) whose outputs are
 all the coefficients ``f`` at once. The E(3) variant drops the subdeterminants and the cross
-products, which makes Phi O(3)-equivariant (paper section 3).
+products, which makes Phi O(3)-equivariant (paper section 3). Other groups
+(:mod:`models.groups`: E(d)/SE(d), Lorentz) change the bilinear form, the subdeterminants'
+size (``d x d``) and the cross product (of ``d - 1`` vectors); the map is the same otherwise.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from invattn.models.features import Features, FeatureShape
+from invattn.models.groups import GROUP_NAMES, Group, parse_group
 from invattn.models.invariants import (
     choose_combinations,
     cross_products,
@@ -24,23 +27,9 @@ from invattn.models.invariants import (
     subdeterminants,
 )
 
-__all__ = ["GROUPS", "parse_group", "CoefficientMLP", "EquivariantMap"]
+__all__ = ["GROUPS", "GROUP_NAMES", "Group", "parse_group", "CoefficientMLP", "EquivariantMap"]
 
-GROUPS = ("SE3", "E3")
-
-
-def parse_group(group: str) -> str:
-    """Normalize a group name to ``"SE3"`` or ``"E3"`` (case-insensitive; ``"SE(3)"`` accepted).
-
-    Raises
-    ------
-    ValueError
-        For any other name.
-    """
-    name = str(group).upper().replace("(", "").replace(")", "")
-    if name not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
-    return name
+GROUPS = ("SE3", "E3")  # the paper's two; every name of GROUP_NAMES is accepted
 
 
 class CoefficientMLP(nn.Module):
@@ -77,7 +66,8 @@ class CoefficientMLP(nn.Module):
 
 
 class EquivariantMap(nn.Module):
-    """Phi: an SO(3)- (``group="SE3"``) or O(3)- (``group="E3"``) equivariant map (eq. 4-8).
+    """Phi: an SO(3)- (``group="SE3"``) or O(3)- (``group="E3"``) equivariant map (eq. 4-8), or
+    for any group of :mod:`models.groups`.
 
     Parameters
     ----------
@@ -87,13 +77,14 @@ class EquivariantMap(nn.Module):
         Output channels ``(T', L')``.
     hidden : int
         Width of the MLP ``g``.
-    group : {"SE3", "E3"}
-        ``"SE3"`` adds the ``C(T,3)`` subdeterminants to the invariants and the ``C(T,2)``
-        cross products to the vectors that are combined.
+    group : str or Group
+        A name of :func:`~models.groups.parse_group` (``"SE3"``, ``"E3"``, ``"E2"``, ``"SO+(1,3)"``..).
+        A special group (``"SE3"``) adds the ``C(T,d)`` subdeterminants to the invariants and
+        the ``C(T,d-1)`` (generalised) cross products to the vectors that are combined.
     subdeterminants, cross_products : "all" or int
-        Keep all triples / pairs, or a fixed random subset of ``k`` (paper "Scalability").
-        The subsets are persistent buffers (``triples`` ``[k, 3]``, ``cross_pairs`` ``[k, 2]``),
-        so a checkpoint restores them. Ignored for ``"E3"``.
+        Keep all index sets, or a fixed random subset of ``k`` (paper "Scalability").
+        The subsets are persistent buffers (``triples`` ``[k, d]``, ``cross_pairs`` ``[k, d-1]``;
+        named after the 3D case), so a checkpoint restores them. Ignored for non-special groups.
     generator : torch.Generator, optional
         Draws the subsets (seeded by the model from ``sampling_seed``).
 
@@ -107,7 +98,8 @@ class EquivariantMap(nn.Module):
 
     Shapes
     ------
-    ``forward(Features([..., T, 3], [..., L])) -> Features([..., T', 3], [..., L'])``
+    ``forward(Features([..., T, d], [..., L])) -> Features([..., T', d], [..., L'])`` (``d = 3``
+    for E3/SE3).
 
     Examples
     --------
@@ -125,11 +117,11 @@ class EquivariantMap(nn.Module):
         self.in_shape = FeatureShape(*in_shape)
         self.out_shape = FeatureShape(*out_shape)
         self.group = parse_group(group)
-        t = self.in_shape.vectors
+        t, d = self.in_shape.vectors, self.group.dim
         self.register_buffer("gram_index", gram_upper_index(t), persistent=False)
-        if self.group == "SE3":
-            self.register_buffer("triples", choose_combinations(t, 3, subdeterminants, generator))
-            self.register_buffer("cross_pairs", choose_combinations(t, 2, cross_products, generator))
+        if self.group.special:
+            self.register_buffer("triples", choose_combinations(t, d, subdeterminants, generator))
+            self.register_buffer("cross_pairs", choose_combinations(t, d - 1, cross_products, generator))
             n_triples, n_cross = self.triples.shape[0], self.cross_pairs.shape[0]
         else:
             self.triples = self.cross_pairs = None
@@ -149,7 +141,7 @@ class EquivariantMap(nn.Module):
         -------
         Tensor, shape ``[..., T(T+1)/2 + K + L]``.
         """
-        parts = [torch.asinh(gram_upper(features.vectors, self.gram_index))]
+        parts = [torch.asinh(gram_upper(features.vectors, self.gram_index, self.group))]
         if self.n_triples:
             parts.append(torch.asinh(subdeterminants(features.vectors, self.triples)))
         parts.append(features.scalars)
@@ -160,18 +152,18 @@ class EquivariantMap(nn.Module):
 
         Returns
         -------
-        Tensor, shape ``[..., T + P, 3]``.
+        Tensor, shape ``[..., T + P, d]``.
         """
         if self.n_basis == vectors.shape[-2]:
             return vectors
-        return torch.cat([vectors, cross_products(vectors, self.cross_pairs)], dim=-2)
+        return torch.cat([vectors, cross_products(vectors, self.cross_pairs, self.group)], dim=-2)
 
     def forward(self, features: Features) -> Features:
         coefficients = self.g(self.invariants(features))
         t_out, n_basis = self.out_shape.vectors, self.n_basis
         weights, scalars = coefficients.split([t_out * n_basis, self.out_shape.scalars], -1)
         if n_basis == 0:  # nothing to combine (e.g. QM9's first query): zero vectors
-            vectors = features.vectors.new_zeros(*features.vectors.shape[:-2], t_out, 3)
+            vectors = features.vectors.new_zeros(*features.vectors.shape[:-2], t_out, self.group.dim)
         else:
             vectors = weights.unflatten(-1, (t_out, n_basis)) @ self.basis(features.vectors)  # eq. 6
         return Features(vectors, scalars)

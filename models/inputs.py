@@ -23,12 +23,15 @@ def prepare_mask(mask: Tensor | None, reference: Tensor) -> Tensor:
     return mask.to(device=reference.device, dtype=torch.bool)
 
 
-def check_shape(name: str, tensor: Tensor, expected: tuple) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``tensor.shape`` matches (``None`` = any size)."""
+def check_shape(name: str, tensor: Tensor, expected: tuple, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``tensor.shape`` matches (``None`` = any size).
+
+    ``hint`` (e.g. which group fixes the last dimension) is appended to the message.
+    """
     shape = tuple(tensor.shape)
     if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
         pattern = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
-        raise ValueError(f"{name} has shape {list(shape)}, expected {pattern}")
+        raise ValueError(f"{name} has shape {list(shape)}, expected {pattern}" + (f" ({hint})" if hint else ""))
 
 
 def centre_positions(positions: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -39,7 +42,7 @@ def centre_positions(positions: Tensor, mask: Tensor, dtype: torch.dtype) -> Ten
     1e4, casting absolute positions to float32 first would round them by about 1e-3. Models use
     only differences ``x_i - x_j``, which the shift leaves unchanged.
 
-    Shapes: ``positions [B, N, 3]``, ``mask [B, N]`` bool -> ``[B, N, 3]`` of ``dtype``.
+    Shapes: ``positions [B, N, d]``, ``mask [B, N]`` bool -> ``[B, N, d]`` of ``dtype``.
     """
     keep = mask.unsqueeze(-1)
     positions = torch.where(keep, positions, 0.0)  # padded garbage (even NaN) must not leak

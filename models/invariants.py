@@ -1,9 +1,12 @@
-"""Invariants and equivariant products of a set of 3D vectors (paper eq. 6 and 8).
+"""Invariants and equivariant products of a set of vectors (paper eq. 6 and 8).
 
 For vectors ``v_1..v_T`` the O(3) invariants are the scalar products ``<v_a, v_b>`` (the Gram
 matrix); SO(3) adds the 3x3 subdeterminants ``det[v_a, v_b, v_c]``, which flip sign under a
 reflection (Villar et al. 2021, "Scalars are universal", ref. [40] of the paper). The
 SO(3)-equivariant vectors beyond the inputs are the cross products ``v_a x v_b`` (eq. 6).
+Other groups (:mod:`models.groups`) change the bilinear form of the scalar products, the size
+of the subdeterminants (``d x d``) and the cross product (of ``d - 1`` vectors); the functions
+take the group (default: Euclidean, ``d`` from the vectors' last dim).
 
 Index sets (pairs, triples) are built once at construction as long tensors; the hot path only
 gathers with them and does one batched product, never a Python loop over combinations.
@@ -15,6 +18,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from models.groups import Group, cofactor, determinant
 
 __all__ = [
     "combinations_index",
@@ -116,14 +121,16 @@ def gram_upper_index(n: int, device=None) -> Tensor:
     return rows * n + cols
 
 
-def gram_upper(vectors: Tensor, index: Tensor | None = None) -> Tensor:
+def gram_upper(vectors: Tensor, index: Tensor | None = None, group: Group | None = None) -> Tensor:
     """Upper triangle (diagonal included) of the Gram matrix ``<v_a, v_b>`` (eq. 8).
 
     Parameters
     ----------
-    vectors : Tensor, shape ``[..., T, 3]``
+    vectors : Tensor, shape ``[..., T, d]``
     index : Tensor, long, optional
         :func:`gram_upper_index` ``(T)``; pass a cached buffer to avoid rebuilding it.
+    group : Group, optional
+        Its bilinear form (Minkowski for the Lorentz groups); ``None``: the Euclidean dot product.
 
     Returns
     -------
@@ -137,23 +144,26 @@ def gram_upper(vectors: Tensor, index: Tensor | None = None) -> Tensor:
     t = vectors.shape[-2]
     if index is None:
         index = gram_upper_index(t, vectors.device)
-    gram = vectors @ vectors.transpose(-1, -2)
+    lowered = vectors if group is None else group.lower(vectors)
+    gram = lowered @ vectors.transpose(-1, -2)
     return gram.flatten(-2).index_select(-1, index)
 
 
 def subdeterminants(vectors: Tensor, triples: Tensor) -> Tensor:
-    """3x3 subdeterminants ``det[v_a, v_b, v_c] = v_a . (v_b x v_c)`` for the given triples (eq. 8).
+    """``d x d`` subdeterminants ``det[v_a, v_b, ..]`` for the given index sets (eq. 8).
 
-    Written as a triple product, not ``torch.linalg.det``: the latter's backward goes through
-    the inverse and is wrong or NaN on singular matrices, and every subdeterminant of a planar
-    molecule (or of collinear bodies) is singular. The triple product is a polynomial, so its
-    gradient (the cofactors) is exact everywhere.
+    In 3D the triple product ``det[v_a, v_b, v_c] = v_a . (v_b x v_c)``; in general a Laplace
+    expansion (:func:`models.groups.determinant`), not ``torch.linalg.det``: the latter's backward
+    goes through the inverse and is wrong or NaN on singular matrices, and every subdeterminant of
+    a planar molecule (or of collinear bodies) is singular. The polynomial's gradient (the
+    cofactors) is exact everywhere. The determinant needs no bilinear form: it is invariant under
+    every group element of determinant +1 (rotations, proper Lorentz transformations).
 
     Parameters
     ----------
-    vectors : Tensor, shape ``[..., T, 3]``
-    triples : Tensor, long, shape ``[K, 3]``
-        Index triples ``a < b < c`` (see :func:`choose_combinations`).
+    vectors : Tensor, shape ``[..., T, d]``
+    triples : Tensor, long, shape ``[K, d]``
+        Index sets ``a < b < ..`` of size ``d`` (see :func:`choose_combinations`).
 
     Returns
     -------
@@ -164,28 +174,29 @@ def subdeterminants(vectors: Tensor, triples: Tensor) -> Tensor:
     >>> subdeterminants(torch.eye(3), torch.tensor([[0, 1, 2]])).tolist()
     [1.0]
     """
-    a = vectors.index_select(-2, triples[:, 0])
-    b = vectors.index_select(-2, triples[:, 1])
-    c = vectors.index_select(-2, triples[:, 2])
-    return (a * torch.linalg.cross(b, c, dim=-1)).sum(-1)
+    return determinant([vectors.index_select(-2, triples[:, k]) for k in range(triples.shape[1])])
 
 
-def cross_products(vectors: Tensor, pairs: Tensor) -> Tensor:
-    """Cross products ``v_a x v_b`` for the given index pairs (the ``v_S`` of eq. 6).
+def cross_products(vectors: Tensor, pairs: Tensor, group: Group | None = None) -> Tensor:
+    """Generalised cross products of the given index sets (the ``v_S`` of eq. 6).
+
+    3D: ``v_a x v_b`` for pairs; ``d``-D: the product of ``d - 1`` vectors
+    (:meth:`models.groups.Group.cross`; 2D: ``J v_a``).
 
     Parameters
     ----------
-    vectors : Tensor, shape ``[..., T, 3]``
-    pairs : Tensor, long, shape ``[P, 2]``
+    vectors : Tensor, shape ``[..., T, d]``
+    pairs : Tensor, long, shape ``[P, d - 1]``
+    group : Group, optional
+        Its bilinear form raises the cofactor's index (Lorentz); ``None``: Euclidean.
 
     Returns
     -------
-    Tensor, shape ``[..., P, 3]``; rotation-equivariant, but a pseudovector: under a reflection
+    Tensor, shape ``[..., P, d]``; rotation-equivariant, but a pseudovector: under a reflection
     ``Q`` it maps to ``det(Q) Q (v_a x v_b)``, hence absent from the E(3) variant.
     """
-    a = vectors.index_select(-2, pairs[:, 0])
-    b = vectors.index_select(-2, pairs[:, 1])
-    return torch.linalg.cross(a, b, dim=-1)
+    factors = [vectors.index_select(-2, pairs[:, k]) for k in range(pairs.shape[1])]
+    return cofactor(factors) if group is None else group.cross(factors)
 
 
 def n_combinations(n: int, r: int) -> int:

@@ -3,7 +3,8 @@
 Inputs per body: velocity (a vector feature) and charge (a scalar); per pair: the product of
 charges ``q_i q_j`` (an edge scalar; the squared distance is already in the key/value Gram
 matrix through ``x_i - x_j``). Positions enter only as differences ``x_i - x_j``, so outputs are
-translation invariant; they rotate with the input (and reflect too for ``group="E3"``). Positions
+translation invariant; they rotate with the input (and reflect too for ``group="E3"``). Any
+dimension works with the matching group (``"E2"``/``"SE2"`` for 2D data, ``"E4"``..). Positions
 are centred per system before any cast to the model's dtype, so float32 results do not depend on
 where the system sits.
 """
@@ -13,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from invattn.models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
-from invattn.models.equivariant_map import EquivariantMap, parse_group
+from invattn.models.equivariant_map import EquivariantMap
+from invattn.models.groups import parse_group
 from invattn.models.features import Features, FeatureShape
 from invattn.models.graph import check_cutoff, radius_graph_dense
 from invattn.models.inputs import centre_positions, check_shape, prepare_mask
@@ -30,9 +32,11 @@ class NBodyModel(nn.Module):
 
     Parameters
     ----------
-    group : {"SE3", "E3"}
+    group : str
         ``"SE3"``: invariants include subdeterminants, Phi also combines cross products.
-        ``"E3"``: Gram matrix only (also reflection-equivariant).
+        ``"E3"``: Gram matrix only (also reflection-equivariant). ``"E2"``/``"SE2"`` (2D data),
+        ``"E<d>"``/``"SE<d>"`` (``d``-D data); the Lorentz groups are accepted too (four-vectors)
+        but only without ``cutoff`` (a Euclidean radius is not Lorentz invariant).
     n_layers : int
         Attention layers (paper: 4).
     vectors, scalars : int
@@ -45,7 +49,8 @@ class NBodyModel(nn.Module):
         Width of every Phi's MLP ``g``.
     subdeterminants, cross_products : "all" or int
         Keep all, or a fixed random subset of ``k`` triples / pairs in every Phi (clamped to what a
-        map has); ``1 <= k <= C(vectors + 1, 3)`` resp. ``C(vectors + 1, 2)``.
+        map has); ``1 <= k <= C(vectors + 1, 3)`` resp. ``C(vectors + 1, 2)`` (``d``-D: ``d`` and
+        ``d - 1`` in place of 3 and 2).
     sampling_seed : int
         Seed of those subsets; they are buffers, so a loaded checkpoint brings its own.
     cutoff : float or None
@@ -66,8 +71,9 @@ class NBodyModel(nn.Module):
 
     Shapes
     ------
-    ``forward(positions [B, N, 3], velocities [B, N, 3], charges [B, N], mask [B, N] bool | None)
-    -> (delta_positions [B, N, 3], delta_velocities [B, N, 3])``; zero for padded bodies.
+    ``forward(positions [B, N, d], velocities [B, N, d], charges [B, N], mask [B, N] bool | None)
+    -> (delta_positions [B, N, d], delta_velocities [B, N, d])``; zero for padded bodies; ``d`` is
+    the group's dimension (3 for E3/SE3).
 
     Examples
     --------
@@ -85,10 +91,14 @@ class NBodyModel(nn.Module):
         self.config = constructor_config(NBodyModel, locals())
         self.group = parse_group(group)
         self.cutoff = check_cutoff(cutoff, cutoff_inner)  # None or (cutoff, inner)
+        if self.cutoff is not None and not self.group.euclidean:
+            raise ValueError(f"cutoff needs a Euclidean group: a radius is not invariant under "
+                             f"{self.group}; use cutoff=None")
         validate_sizes(n_layers=n_layers, vectors=vectors, scalars=scalars, heads=heads,
                        query_vectors=query_vectors, query_scalars=query_scalars,
                        mlp_hidden=mlp_hidden)
-        validate_sampling(subdeterminants, cross_products, vectors)
+        d = self.group.dim
+        validate_sampling(subdeterminants, cross_products, vectors, d)
         generator = torch.Generator().manual_seed(int(sampling_seed))
         hidden = FeatureShape(vectors, scalars)
         stack = EquivariantTransformer if self.cutoff is None else SparseEquivariantTransformer
@@ -99,21 +109,23 @@ class NBodyModel(nn.Module):
             cross_products=cross_products, generator=generator)
         # Node-wise Phi to the two output vectors (displacement, velocity change).
         self.head = EquivariantMap(hidden, FeatureShape(2, 0), mlp_hidden, self.group,
-                                   sampling_for(subdeterminants, vectors, 3),
-                                   sampling_for(cross_products, vectors, 2), generator)
+                                   sampling_for(subdeterminants, vectors, d),
+                                   sampling_for(cross_products, vectors, d - 1), generator)
 
     def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Predict ``(delta_positions, delta_velocities)``, each ``[B, N, 3]``.
+        """Predict ``(delta_positions, delta_velocities)``, each ``[B, N, d]``.
 
         Raises
         ------
         ValueError
             On mismatched shapes.
         """
-        check_shape("positions", positions, (None, None, 3))
+        d = self.group.dim
+        hint = f"group {self.group} acts on {d}D vectors; 2D data needs group E2 or SE2"
+        check_shape("positions", positions, (None, None, d), hint)
         b, n = positions.shape[:2]
-        check_shape("velocities", velocities, (b, n, 3))
+        check_shape("velocities", velocities, (b, n, d), hint)
         check_shape("charges", charges, (b, n))
         mask = prepare_mask(mask, positions)
         # torch.where, not a product: garbage (even NaN) in padded bodies must not leak.
@@ -136,11 +148,11 @@ class NBodyModel(nn.Module):
         cutoff, inner = self.cutoff
         edge_index, _ = radius_graph_dense(positions, mask, cutoff)
         source, target = edge_index
-        x, q = positions[mask], charges[mask]  # [n, 3], [n]
-        relative, weights = edge_geometry(x, edge_index, cutoff, inner)  # x_i - x_j [E, 3], [E]
+        x, q = positions[mask], charges[mask]  # [n, d], [n]
+        relative, weights = edge_geometry(x, edge_index, cutoff, inner)  # x_i - x_j [E, d], [E]
         edges = (q.index_select(0, source) * q.index_select(0, target)).unsqueeze(-1)  # q_i q_j
         nodes = Features(velocities[mask].unsqueeze(-2), q.unsqueeze(-1))
         hidden = self.backbone(nodes, edge_index, relative, edges, weights)
-        out = self.head(hidden).vectors  # [n_real, 2, 3]; its dtype may differ under autocast
-        out = out.new_zeros(*mask.shape, 2, 3).index_put((mask,), out)
+        out = self.head(hidden).vectors  # [n_real, 2, d]; its dtype may differ under autocast
+        out = out.new_zeros(*mask.shape, 2, out.shape[-1]).index_put((mask,), out)
         return out[..., 0, :], out[..., 1, :]

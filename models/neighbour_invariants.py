@@ -14,6 +14,11 @@ scalars                      ``s_j``                              ``e_ji``
 basis vectors                ``h_a``, ``h_a x h_b``               ``r``, ``h_a x r``
 ==========================  ===================================  ============================
 
+(3D, SE(3)). In ``d`` dimensions (:mod:`models.groups`) the subdeterminants take ``d`` vectors
+and the cross products ``d - 1``; a set that contains ``r`` is pair level: its determinant is
+``r . cof(h_a, ..)`` (the cofactor computed once per node) and its cross product
+``cross(h_a, .., r)`` (2D: ``J r``). Scalar products use the group's bilinear form.
+
 The sampled subsets (paper "Scalability") are drawn over the ``T + 1`` vectors exactly as a
 generic :class:`~models.equivariant_map.EquivariantMap` on ``U`` would draw them, and stored as
 persistent buffers ``triples`` ``[k, 3]`` and ``cross_pairs`` ``[p, 2]`` (index ``T`` is ``r``);
@@ -30,8 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from invattn.models.equivariant_map import parse_group
 from invattn.models.features import Features, FeatureShape
+from invattn.models.groups import cofactor, determinant, parse_group
 from invattn.models.invariants import choose_combinations, gram_upper, gram_upper_index
 
 __all__ = ["PairInputs", "NeighbourInvariants"]
@@ -44,8 +49,8 @@ class PairInputs(NamedTuple):
     ----------
     node_invariants : Tensor ``[B, N_j, D_node]`` (depends on ``j`` only)
     pair_invariants : Tensor ``[B, N_j, N_i, D_pair]``
-    node_basis : Tensor ``[B, N_j, K_node, 3]`` (depends on ``j`` only)
-    pair_basis : Tensor ``[B, N_j, N_i, K_pair, 3]``
+    node_basis : Tensor ``[B, N_j, K_node, d]`` (depends on ``j`` only)
+    pair_basis : Tensor ``[B, N_j, N_i, K_pair, d]``
 
     Pair tensors are indexed ``[b, j, i]`` (neighbour first): per neighbour ``j`` the rows over
     ``i`` are contiguous, so contracting with node-level tensors of ``j`` is a plain batched
@@ -56,18 +61,6 @@ class PairInputs(NamedTuple):
     pair_invariants: Tensor
     node_basis: Tensor
     pair_basis: Tensor
-
-
-def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """``a x b`` over the last dim (broadcasting).
-
-    Under autocast one factor may come out of a (bf16/fp16) matrix product and the other not;
-    ``linalg.cross`` wants one dtype, so both are promoted to the wider one.
-    """
-    if a.dtype != b.dtype:
-        dtype = torch.promote_types(a.dtype, b.dtype)
-        a, b = a.to(dtype), b.to(dtype)
-    return torch.linalg.cross(a, b, dim=-1)
 
 
 def _resplit_after_load(module: "NeighbourInvariants", _incompatible_keys) -> None:
@@ -83,15 +76,16 @@ class NeighbourInvariants(nn.Module):
         Node channels ``(T, L)``; the maps see ``T + 1`` vectors and ``L + E`` scalars.
     edge_dim : int
         Edge scalars ``E``.
-    group : {"SE3", "E3"}
+    group : str or Group
+        Any name of :func:`~models.groups.parse_group` (default ``"SE3"``).
     subdeterminants, cross_products : "all" or int
-        Sampling over the ``C(T+1, 3)`` triples / ``C(T+1, 2)`` pairs (see
+        Sampling over the ``C(T+1, d)`` triples / ``C(T+1, d-1)`` pairs (3D names; see
         :func:`~models.invariants.choose_combinations`).
     generator : torch.Generator, optional
 
     Shapes
     ------
-    ``forward(Features([B, N, T, 3], [B, N, L]), relative_positions [B, N_j, N_i, 3]
+    ``forward(Features([B, N, T, d], [B, N, L]), relative_positions [B, N_j, N_i, d]
     (entry ``[b, j, i] = x_i - x_j``), edge_features [B, N_j, N_i, E] (``e_ji``)) -> PairInputs``
     """
 
@@ -102,14 +96,14 @@ class NeighbourInvariants(nn.Module):
         self.node_shape = FeatureShape(*node_shape)
         self.edge_dim = edge_dim
         self.group = parse_group(group)
-        t = self.node_shape.vectors
+        t, d = self.node_shape.vectors, self.group.dim
         self.register_buffer("node_gram_index", gram_upper_index(t), persistent=False)
-        if self.group == "SE3":
-            self.register_buffer("triples", choose_combinations(t + 1, 3, subdeterminants, generator))
-            self.register_buffer("cross_pairs", choose_combinations(t + 1, 2, cross_products, generator))
+        if self.group.special:
+            self.register_buffer("triples", choose_combinations(t + 1, d, subdeterminants, generator))
+            self.register_buffer("cross_pairs", choose_combinations(t + 1, d - 1, cross_products, generator))
         else:
-            self.triples = torch.zeros(0, 3, dtype=torch.long)  # plain attributes: not in state dict
-            self.cross_pairs = torch.zeros(0, 2, dtype=torch.long)
+            self.triples = torch.zeros(0, d, dtype=torch.long)  # plain attributes: not in state dict
+            self.cross_pairs = torch.zeros(0, d - 1, dtype=torch.long)
         self._split_subsets()
         # A loaded checkpoint may bring different subsets: re-derive the node/pair split.
         self.register_load_state_dict_post_hook(_resplit_after_load)
@@ -122,12 +116,14 @@ class NeighbourInvariants(nn.Module):
         device = self.node_gram_index.device
         triples = self.triples.to(device)
         pairs = self.cross_pairs.to(device)
-        node_triple = triples[:, 2] < t  # det[h_a, h_b, h_c]; otherwise det[h_a, h_b, r]
-        node_pair = pairs[:, 1] < t  # h_a x h_b; otherwise h_a x r
+        # Sets are sorted and r has the largest index T, so a set holds r iff its last entry is T.
+        node_triple = triples[:, -1] < t  # det[h_a, h_b, h_c]; otherwise det[h_a, h_b, r]
+        node_pair = pairs[:, -1] < t  # h_a x h_b; otherwise h_a x r
         self.register_buffer("node_triples", triples[node_triple], persistent=False)
-        self.register_buffer("det_pairs", triples[~node_triple][:, :2], persistent=False)
+        self.register_buffer("det_pairs", triples[~node_triple][:, :-1], persistent=False)
         self.register_buffer("node_cross_pairs", pairs[node_pair], persistent=False)
-        self.register_buffer("relative_cross_index", pairs[~node_pair][:, 0], persistent=False)
+        # [P, d - 2]: the h's crossed with r (3D: one per set; 2D: none, the set is {r} alone)
+        self.register_buffer("relative_cross_index", pairs[~node_pair][:, :-1], persistent=False)
 
         # Column maps back to the generic layout (tests only; cheap to build).
         gram_position = {}
@@ -149,30 +145,32 @@ class NeighbourInvariants(nn.Module):
                              persistent=False)
 
     def forward(self, node: Features, relative_positions: Tensor, edge_features: Tensor) -> PairInputs:
-        vectors, scalars = node  # [B, N, T, 3], [B, N, L]
-        r = relative_positions  # [B, N_j, N_i, 3], r[b, j, i] = x_i - x_j
+        vectors, scalars = node  # [B, N, T, d], [B, N, L]
+        r = relative_positions  # [B, N_j, N_i, d], r[b, j, i] = x_i - x_j
+        group = self.group
         asinh = torch.asinh  # tames degree-2/3 invariants of long vectors; odd, smooth, bijective
 
-        node_inv = [asinh(gram_upper(vectors, self.node_gram_index))]
+        def gather(index: Tensor) -> list[Tensor]:  # the vectors of each index set, column by column
+            return [vectors.index_select(-2, index[:, k]) for k in range(index.shape[1])]
+
+        node_inv = [asinh(gram_upper(vectors, self.node_gram_index, group))]
         node_basis = [vectors]
         if self.node_triples.shape[0]:
-            a, b, c = (vectors.index_select(-2, self.node_triples[:, k]) for k in range(3))
-            node_inv.append(asinh((c * _cross(a, b)).sum(-1)))
+            node_inv.append(asinh(determinant(gather(self.node_triples))))
         node_inv.append(scalars)
         if self.node_cross_pairs.shape[0]:
-            a, b = (vectors.index_select(-2, self.node_cross_pairs[:, k]) for k in range(2))
-            node_basis.append(_cross(a, b))
+            node_basis.append(group.cross(gather(self.node_cross_pairs)))
 
         # Pair level: dot products of r with node-level vectors of j, one small matmul per node j.
-        dots = [r @ vectors.transpose(-1, -2), r.pow(2).sum(-1, keepdim=True)]  # <r, h_a>, <r, r>
+        lowered = group.lower(r)
+        dots = [lowered @ vectors.transpose(-1, -2), (lowered * r).sum(-1, keepdim=True)]  # <r, h_a>, <r, r>
         if self.det_pairs.shape[0]:
-            a, b = (vectors.index_select(-2, self.det_pairs[:, k]) for k in range(2))
-            dots.append(r @ _cross(a, b).transpose(-1, -2))  # det[h_a, h_b, r]
+            dots.append(r @ cofactor(gather(self.det_pairs)).transpose(-1, -2))  # det[h_a, h_b, r]
         pair_inv = [asinh(torch.cat(dots, dim=-1)), edge_features]
         pair_basis = [r.unsqueeze(-2)]
         if self.relative_cross_index.shape[0]:
-            h = vectors.index_select(-2, self.relative_cross_index).unsqueeze(2)  # [B, N_j, 1, P, 3]
-            pair_basis.append(_cross(h, r.unsqueeze(-2)))
+            h = [v.unsqueeze(2) for v in gather(self.relative_cross_index)]  # [B, N_j, 1, P, d] each
+            pair_basis.append(group.cross(h + [r.unsqueeze(-2)]))  # h_a x r
         return PairInputs(torch.cat(node_inv, -1), torch.cat(pair_inv, -1),
                           torch.cat(node_basis, -2), torch.cat(pair_basis, -2))
 

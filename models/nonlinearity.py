@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from invattn.models.features import Features, FeatureShape
+from invattn.models.groups import parse_group
 
 __all__ = ["GatedNonlinearity", "NormNonlinearity"]
 
@@ -65,10 +66,14 @@ class GatedNonlinearity(nn.Module):
     shape : FeatureShape
         Channels ``(T, L)``; ``T`` and ``L`` may be 0. Parameters: ``2 L`` (LayerNorm) plus
         ``(L + T + 1) T`` (gate).
+    group : str or Group, optional
+        Euclidean groups (default, any ``d``): as above. A Lorentz group (:mod:`models.groups`)
+        has an indefinite ``q_t = <v_t, v_t>``, so the gate reads ``asinh(q_t)`` and the bound
+        uses ``m = mean_t (sqrt(1 + q_t^2) - 1)`` (smooth, ``>= 0``, ``~|q_t|``): both invariant.
 
     Shapes
     ------
-    ``forward(Features([..., T, 3], [..., L])) -> Features([..., T, 3], [..., L])``
+    ``forward(Features([..., T, d], [..., L])) -> Features([..., T, d], [..., L])``
 
     Examples
     --------
@@ -78,9 +83,10 @@ class GatedNonlinearity(nn.Module):
     (Features(vectors=[2, 4, 3], scalars=[2, 8]), True)
     """
 
-    def __init__(self, shape: FeatureShape):
+    def __init__(self, shape: FeatureShape, group: str = "SE3"):
         super().__init__()
         self.shape = FeatureShape(*shape)
+        self.group = parse_group(group)
         t, l = self.shape
         self.scalar_norm = nn.LayerNorm(l) if l else None
         self.gate = nn.Linear(l + t, t) if t else None
@@ -89,10 +95,16 @@ class GatedNonlinearity(nn.Module):
     def forward(self, features: Features) -> Features:
         vectors, scalars = features
         normed = self.scalar_norm(scalars) if self.scalar_norm is not None else scalars
-        if self.gate is not None:
+        if self.gate is not None and self.group.euclidean:
             squared = vectors.pow(2).sum(-1)  # [..., T], smooth in v (unlike |v|)
             gate = torch.sigmoid(self.gate(torch.cat([normed, torch.log1p(squared)], -1)))
             scale = gate * torch.rsqrt(1.0 + squared.mean(-1, keepdim=True))
+            vectors = vectors * scale.unsqueeze(-1)
+        elif self.gate is not None:  # indefinite form: <v, v> may be negative
+            squared = self.group.inner(vectors, vectors)
+            gate = torch.sigmoid(self.gate(torch.cat([normed, torch.asinh(squared)], -1)))
+            size = (torch.sqrt(1.0 + squared.pow(2)) - 1.0).mean(-1, keepdim=True)
+            scale = gate * torch.rsqrt(1.0 + size)
             vectors = vectors * scale.unsqueeze(-1)
         return Features(vectors, self.act(normed) if self.scalar_norm is not None else scalars)
 

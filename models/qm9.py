@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from invattn.models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
-from invattn.models.equivariant_map import EquivariantMap, parse_group
+from invattn.models.equivariant_map import EquivariantMap
+from invattn.models.groups import parse_group
 from invattn.models.features import Features, FeatureShape
 from invattn.models.graph import check_cutoff, radius_graph_dense
 from invattn.models.inputs import centre_positions, check_shape, prepare_mask
@@ -93,6 +94,8 @@ class QM9Model(nn.Module):
         super().__init__()
         self.config = constructor_config(QM9Model, locals())
         self.group = parse_group(group)
+        if self.group not in ("SE3", "E3"):  # molecules live in 3D Euclidean space
+            raise ValueError(f"QM9Model's group must be SE3 or E3 (molecules are 3D), got {group!r}")
         self.cutoff = check_cutoff(cutoff, cutoff_inner)  # None or (cutoff, inner)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

@@ -32,7 +32,7 @@ __all__ = ["SparseEquivariantAttention", "edge_geometry", "scatter_switched_soft
 
 def edge_geometry(positions: Tensor, edge_index: Tensor, cutoff: float | None = None,
                   cutoff_inner: float | None = None) -> tuple[Tensor, Tensor | None]:
-    """Relative positions ``x_i - x_j`` ``[E, 3]`` of the edges and their switching weights ``[E]``.
+    """Relative positions ``x_i - x_j`` ``[E, d]`` of the edges and their switching weights ``[E]``.
 
     The weights are ``None`` when ``cutoff`` is ``None`` (every listed pair counts fully).
     """
@@ -138,12 +138,13 @@ class SparseEquivariantAttention(EquivariantAttention):
                                       edge_features[None, :, None])  # eq. 2-3
         logits = (query.index_select(0, target) * key[0, :, 0]).sum(-1) * self.scale  # eq. 11, [E, H]
         t, l = self.out_shape.vectors, self.out_shape.scalars
-        value_vectors = value.vectors[0, :, 0].unflatten(-2, (h, -1)).flatten(-2)  # [E, H, 3 T'/H]
+        value_vectors = value.vectors[0, :, 0].unflatten(-2, (h, -1)).flatten(-2)  # [E, H, d T'/H]
         value_scalars = value.scalars[0, :, 0].unflatten(-1, (h, -1))  # [E, H, L'/H]
         out = scatter_switched_softmax_sum(logits, edge_weights, target, n,
                                            torch.cat([value_vectors, value_scalars], -1))  # eq. 12
-        out_vectors, out_scalars = out.split([3 * t // h, l // h], dim=-1)
-        return Features(out_vectors.reshape(n, t, 3), out_scalars.reshape(n, l))
+        d = self.group.dim
+        out_vectors, out_scalars = out.split([d * t // h, l // h], dim=-1)
+        return Features(out_vectors.reshape(n, t, d), out_scalars.reshape(n, l))
 
     def forward_data(self, data, cutoff: float | None = None, cutoff_inner: float | None = None) -> Features:
         """Apply the layer to a torch_geometric ``Data`` / ``Batch``.
@@ -169,7 +170,7 @@ class SparseEquivariantAttention(EquivariantAttention):
             scalars = positions.new_zeros(n, 0)
         vectors = getattr(data, "vectors", None)
         if vectors is None:
-            vectors = positions.new_zeros(n, 0, 3)
+            vectors = positions.new_zeros(n, 0, self.group.dim)
         edge_index = getattr(data, "edge_index", None)
         if edge_index is None:
             if cutoff is None:
@@ -178,9 +179,9 @@ class SparseEquivariantAttention(EquivariantAttention):
         edge_features = getattr(data, "edge_attr", None)
         if edge_features is None:
             edge_features = positions.new_zeros(edge_index.shape[1], 0)
-        check_shape("data.pos", positions, (None, 3))
+        check_shape("data.pos", positions, (None, self.group.dim))
         check_shape("data.x", scalars, (n, self.in_shape.scalars))
-        check_shape("data.vectors", vectors, (n, self.in_shape.vectors, 3))
+        check_shape("data.vectors", vectors, (n, self.in_shape.vectors, self.group.dim))
         check_shape("data.edge_index", edge_index, (2, None))
         check_shape("data.edge_attr", edge_features, (edge_index.shape[1], self.edge_dim))
         if edge_index.numel() and not (0 <= int(edge_index.min()) and int(edge_index.max()) < n):
