@@ -102,7 +102,8 @@ class EGNN(nn.Module):
     Shapes
     ------
     ``forward(positions [B, N, 3], velocities [B, N, 3], charges [B, N], mask [B, N] bool | None)
-    -> (delta_positions [B, N, 3], delta_velocities [B, N, 3])``; zero for padded bodies.
+    -> (delta_positions [B, N, 3], delta_velocities [B, N, 3])``; zero for padded bodies. Any
+    dimension ``d`` in place of 3 (2D data: the NRI setting).
 
     Raises
     ------
@@ -130,9 +131,9 @@ class EGNN(nn.Module):
 
     def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_shape("positions", positions, (None, None, 3))
-        b, n = positions.shape[:2]
-        check_shape("velocities", velocities, (b, n, 3))
+        check_shape("positions", positions, (None, None, None))  # any dimension d (E(n))
+        b, n, d = positions.shape
+        check_shape("velocities", velocities, (b, n, d))
         check_shape("charges", charges, (b, n))
         mask = prepare_mask(mask, positions)
         x0 = torch.where(mask[..., None], positions, 0.0)

@@ -49,12 +49,18 @@ _ON_INTERRUPT = {
 }
 
 
+# models.groups.GROUP_NAMES, spelled out so that --help does not import torch (a test keeps them equal).
+GROUPS_HELP = ("groups (model.group=...): E2, SE2, E3, SE3, E(d), SE(d) (any d >= 2, e.g. E4), "
+               "O(1,3), SO+(1,3)\n  N-body: E3/SE3 on 3D data, E2/SE2 on 2D data (preset=nri2d); "
+               "QM9: E3/SE3; Lorentz groups: the four-momentum task (docs/lorentz.md)")
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     rows = "\n".join(f"  {n.ljust(width)}  {s}" for n, (_, _, s) in COMMANDS.items())
     return ("usage: invattn <command> [key=value ...]\n"
             "       invattn <command> --help   (lists the keys and their defaults)\n\n"
-            f"commands:\n{rows}\n")
+            f"commands:\n{rows}\n\n{GROUPS_HELP}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,8 +78,10 @@ def save_configs(out_dir: Path, sweep_cfg: DictConfig, train_cfg: DictConfig) ->
         os.replace(tmp, out_dir / name)
 
 
-def check_data(train_cfg: DictConfig) -> None:
-    """Fail before starting Ray when the training data is missing or 2D (trials would fail anyway)."""
+def check_data(train_cfg: DictConfig, groups: list[str] | None = None) -> None:
+    """Fail before starting Ray when the training data is missing or of another dimension than the
+    model's group (trials would fail anyway); every group of ``search.groups`` is checked by
+    :func:`run_sweep` through ``groups``."""
     root = Path(train_cfg.data.dir)
     needed = ([root / train_cfg.data.train_file, root / train_cfg.data.test_file]
               if train_cfg.task == "nbody" else [root / "manifest.json"])
@@ -88,11 +90,12 @@ def check_data(train_cfg: DictConfig) -> None:
         how = ("invattn simulate preset=paper out=" if train_cfg.task == "nbody"
                else "invattn preprocess-qm9 source=... out=")
         raise FileNotFoundError(f"training data missing: {', '.join(missing)} (make it with `{how}{root}`)")
-    if train_cfg.task == "nbody":  # 2D data: refuse here, not in every trial
-        from invattn.pipeline.training.nbody_task import require_3d
+    if train_cfg.task == "nbody":  # 2D data and a 3D group: refuse here, not in every trial
+        from invattn.pipeline.training.nbody_task import nbody_group, require_dim
 
-        for path in needed:
-            require_3d(path)
+        for group in groups if groups else [nbody_group(train_cfg)]:
+            for path in needed:
+                require_dim(path, None if group == "EGNN" else group)
 
 
 def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
@@ -123,8 +126,8 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(sweep_cfg.name)) or ".." in str(sweep_cfg.name):
         raise ValueError(f"name={sweep_cfg.name!r} must be a plain name (letters, digits, _ . -)")
-    check_data(train_cfg)
     space = None if sweep_cfg.resume else param_space(sweep_cfg.search)  # validates the grid
+    check_data(train_cfg, [str(g) for g in (sweep_cfg.search.get("groups") or [])])
     if space is not None:  # before Ray starts: settings every trial would die of
         from invattn.pipeline.training.loop import _validate as validate_training
         from invattn.sweeps.space import check_space_against_model

@@ -40,6 +40,17 @@ def _number(key: str, value, kind):
     return kind(value)
 
 
+def _euclidean_group(name: str) -> bool:
+    """Whether ``name`` is an E(d)/SE(d) group in its canonical spelling (N-body data are Euclidean)."""
+    from models.groups import parse_group
+
+    try:
+        group = parse_group(name)
+    except ValueError:
+        return False
+    return group.euclidean and group == name
+
+
 def param_space(search: DictConfig) -> dict:
     """Ray Tune ``param_space`` from the ``search`` section of the sweep config.
 
@@ -55,9 +66,10 @@ def param_space(search: DictConfig) -> dict:
     space: dict = {}
     groups = [str(g) for g in (search.get("groups") or [])]
     if groups:
-        bad = sorted(set(groups) - {"E3", "SE3", "EGNN"})
+        bad = sorted(g for g in groups if g != "EGNN" and not _euclidean_group(g))
         if bad:
-            raise ValueError(f"search.groups entries must be E3, SE3 or EGNN (the baseline), got {bad}")
+            raise ValueError(f"search.groups entries must be E3, SE3 (E2, SE2 for 2D data, E<d>/SE<d>) "
+                             f"or EGNN (the baseline), got {bad}")
         space["group"] = tune.grid_search(groups)
     lr_by_group = search.get("lr_by_group")
     if lr_by_group:

@@ -147,18 +147,22 @@ def test_qm9_rerun_names_the_changed_setting(tmp_path, capsys):
 # --- 2D data --------------------------------------------------------------------------------
 
 def test_training_on_2d_data_is_refused_up_front(tmp_path, capsys):
+    """2D data with a 3D group (model.group=SE3, the default) fail in one line naming the fix.
+    (Before issue 12 every 2D run was refused: "2D is not supported by the model yet"; E2/SE2 now
+    train on them, tests/test_groups_nbody2d.py.)"""
     data = tmp_path / "nbody_2d"
     assert cli(["simulate", f"out={data}", "dim=2", "n_train=8", "n_test=4", "progress=false"]) == 0
     capsys.readouterr()
     run = tmp_path / "run"
     assert cli(["train", f"data.dir={data}", f"run_dir={run}", "train.epochs=1"]) == 2
     line = one_error_line(capsys, "train")
-    assert "holds 2D trajectories" in line and "2D is not supported by the model yet" in line
+    assert "holds 2D trajectories" in line and "model.group=SE3 acts on 3D vectors" in line
+    assert "use model.group=E2 or SE2" in line
     # Refused before the model is built or anything is written (the run lock aside).
     assert not [p.name for p in run.glob("*") if p.name != ".lock"]
 
     from invattn.sweeps.runner import check_data
 
     cfg = load_config("train_nbody", [f"data.dir={data}"])
-    with pytest.raises(ValueError, match="2D is not supported by the model yet"):
+    with pytest.raises(ValueError, match="use model.group=E2 or SE2"):
         check_data(cfg)  # a sweep refuses before starting Ray

@@ -17,29 +17,52 @@ from omegaconf import DictConfig, OmegaConf
 from invattn.pipeline.nbody import NBodyWindows
 from invattn.pipeline.training.rotations import random_rotations
 
-__all__ = ["NBodyTask", "require_3d", "nbody_model_kwargs", "build_nbody_model", "model_label",
+__all__ = ["NBodyTask", "require_dim", "data_dim", "nbody_group", "nbody_model_kwargs", "build_nbody_model", "model_label",
            "ARCHITECTURES"]
 
 
-def require_3d(path: Path) -> None:
-    """Refuse data that are not 3D before anything is loaded or built.
-
-    The networks combine 3-vectors through cross products and 3x3 subdeterminants (paper
-    eq. 6-8); 2D trajectories (e.g. ``preset=nri2d``) are not supported by the model yet.
-    A missing or unreadable file is left to :class:`NBodyWindows`, which explains it.
-    """
+def data_dim(path: Path) -> int | None:
+    """The ``dim`` attribute of a simulator file (``None`` if absent or unreadable: the loader
+    explains a missing or broken file)."""
     if not path.is_file():
-        return
+        return None
     from invattn.simulator.io import read_attributes
 
     try:
         dim = read_attributes(path).get("dim")
     except OSError:
+        return None
+    return None if dim is None else int(dim)
+
+
+def require_dim(path: Path, group: str | None) -> None:
+    """Refuse data whose dimension is not the model's, before anything is loaded or built.
+
+    ``group`` is ``model.group`` of the attention model (its dimension must match: ``E2``/``SE2``
+    for 2D data such as ``preset=nri2d``, ``E3``/``SE3`` for 3D); ``None`` for the EGNN baseline,
+    which works in any dimension.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, its dimension and the groups that fit it.
+    """
+    dim = data_dim(path)
+    if dim is None or group is None:
         return
-    if dim is not None and int(dim) != 3:
-        raise ValueError(f"{path} holds {dim}D trajectories (dim={dim}); the models are 3D only "
-                         f"(cross products and 3x3 subdeterminants): 2D is not supported by the model "
-                         f"yet. Simulate 3D data, e.g. `invattn simulate preset=paper`")
+    from invattn.models.groups import parse_group
+
+    want = parse_group(group)
+    if want.dim != dim:
+        raise ValueError(f"{path} holds {dim}D trajectories (dim={dim}), but model.group={group} acts on "
+                         f"{want.dim}D vectors: use model.group=E{dim} or SE{dim} for these data")
+
+
+def nbody_group(cfg) -> str | None:
+    """``model.group`` when the attention model trains (``None`` for the EGNN baseline)."""
+    if str(cfg.get("architecture") or "attention") == "egnn":
+        return None
+    return str(cfg.model.get("group"))
 
 
 # ``architecture`` -> the config section that holds its model's constructor arguments.
@@ -81,7 +104,7 @@ def build_nbody_model(architecture: str, kwargs: dict):
 
 
 def model_label(cfg) -> str:
-    """``EGNN``, ``E3`` or ``SE3``: how tables and sweeps name the model of a training config."""
+    """``EGNN`` or the group (``E3``, ``SE3``, ``E2``..): how tables and sweeps name a training config's model."""
     if str(cfg.get("architecture") or "attention") == "egnn":
         return "EGNN"
     return str(cfg.model.get("group"))
@@ -114,7 +137,7 @@ class NBodyTask:
             raise ValueError(f"data.val_sims ({val_sims}) and train.velocity_loss_weight "
                              f"({self.velocity_weight}) must not be negative")
         for name in (data.train_file, data.test_file):
-            require_3d(root / name)
+            require_dim(root / name, nbody_group(cfg))
         windows = dict(delta_frames=data.delta_frames, seed=self.seed, start_frame=start_frame)
         self.val_set = None
         if val_sims:  # the last val_sims simulations of the training file; at least one left to train
@@ -139,7 +162,8 @@ class NBodyTask:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         for batch in self.train_set.batches(epoch, self.batch_size, dtype=torch.float64):
             if self.augment:
-                rot = random_rotations(batch.positions.shape[0], gen).unsqueeze(1)  # [B,1,3,3]
+                b, _, d = batch.positions.shape
+                rot = random_rotations(b, gen, dim=d).unsqueeze(1)  # [B,1,d,d]
                 rotate = lambda x: (rot @ x.unsqueeze(-1)).squeeze(-1)  # noqa: E731
                 batch.positions, batch.velocities = rotate(batch.positions), rotate(batch.velocities)
                 batch.delta_positions = rotate(batch.delta_positions)
