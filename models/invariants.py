@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from models.groups import Group, cofactor, determinant
+from invattn.models.groups import Group, cofactor, determinant
 
 __all__ = [
     "combinations_index",

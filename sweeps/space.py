@@ -42,7 +42,7 @@ def _number(key: str, value, kind):
 
 def _euclidean_group(name: str) -> bool:
     """Whether ``name`` is an E(d)/SE(d) group in its canonical spelling (N-body data are Euclidean)."""
-    from models.groups import parse_group
+    from invattn.models.groups import parse_group
 
     try:
         group = parse_group(name)

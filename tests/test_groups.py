@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import (
+from invattn.models import (
     EquivariantAttention,
     EquivariantMap,
     Features,
@@ -26,8 +26,8 @@ from models import (
     SparseEquivariantAttention,
     parse_group,
 )
-from models.groups import cofactor, determinant
-from models.invariants import cross_products, gram_upper, subdeterminants
+from invattn.models.groups import cofactor, determinant
+from invattn.models.invariants import cross_products, gram_upper, subdeterminants
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
