@@ -16,10 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-try:  # the module path changed with the invattn namespace; either works for regenerating
-    from invattn.models import NBodyModel, QM9Model
-except ImportError:  # pre-namespace tree
-    from models import NBodyModel, QM9Model
+# At fb898de (pre-namespace) this line read `from models import NBodyModel, QM9Model`.
+from invattn.models import NBodyModel, QM9Model  # noqa: E402
 
 SMALL_NBODY = dict(n_layers=2, vectors=4, scalars=8, heads=2, query_vectors=4, query_scalars=8, mlp_hidden=16)
 SMALL_QM9 = dict(n_layers=2, vectors=4, scalars=8, heads=2, query_vectors=4, query_scalars=8, mlp_hidden=16,
