@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/engine.py            # about 1 minute on 2 CPU cores
     .venv/bin/python benchmarks/engine.py --quick    # a few seconds (smoke test)
     .venv/bin/python benchmarks/engine.py --compile  # also torch.compile'd variants
+    .venv/bin/python benchmarks/engine.py --default-malloc  # glibc's default heap thresholds
 
 One step = forward + backward + Adam on a batch of 128 systems of 5 bodies (the paper's Table 1
 setting), default model sizes (E3 116K, SE3 184K, EGNN 134K parameters). All models run in one
 process; at each thread count the models are timed in interleaved rounds (E3, SE3, EGNN, E3, ...)
 so that a busy machine slows all of them alike, and each model's figure is the minimum over its
-rounds of the mean step time within a round. Wall-clock and process CPU time are both reported:
+rounds of the mean step time within a round. Like ``invattn train``, the process first raises glibc's
+heap thresholds (``invattn.pipeline.training.malloc``) so per-step tensors do not page-fault;
+``--default-malloc`` measures with the C library's defaults instead. Wall-clock and process CPU time are both reported:
 on a shared machine the CPU time is the steadier of the two (it does not count time spent
 waiting for a core). The ratios to EGNN are the figures to quote.
 """
@@ -52,7 +55,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--bodies", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd E3/SE3/EGNN")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default mmap/trim thresholds (invattn train raises them)")
     args = parser.parse_args(argv)
+    if not args.default_malloc:
+        from invattn.pipeline.training.malloc import keep_freed_memory
+        keep_freed_memory()
     if args.quick:
         args.threads, args.rounds, args.steps, args.batch = args.threads[:1], 2, 2, 16
 
@@ -75,6 +83,7 @@ def main(argv=None) -> int:
             print(f"{name}: compiled and warmed up in {time.perf_counter() - start:.1f} s", flush=True)
 
     print(f"torch {torch.__version__}; batch {b} x {n} bodies; forward + backward + Adam; "
+          f"{'default' if args.default_malloc else 'raised'} glibc heap thresholds; "
           f"min over {args.rounds} interleaved rounds of the mean of {args.steps} steps")
     header = f"{'threads':>7} " + " ".join(f"{name:>13}" for name in names)
     print(f"{'params':>7} " + " ".join(f"{sum(p.numel() for p in models[m].parameters()):>13,}" for m in names))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from invattn.pipeline.config import flat_keys
 from invattn.pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from invattn.pipeline.training.malloc import keep_freed_memory
 from invattn.pipeline.training.metrics_log import MetricsLog
 from invattn.pipeline.training.run_lock import run_dir_lock
 from invattn.pipeline.training.schedule import lr_factor
@@ -161,6 +162,7 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
         checkpoint is kept.
     """
     _validate(cfg)
+    keep_freed_memory()  # no page faults on the per-step tensors (see pipeline/training/malloc.py)
     # Build everything a setting can refuse before run_dir is created and locked, so a refused
     # run leaves no empty run_dir behind (and never touches an existing one).
     parts = _build(cfg)
