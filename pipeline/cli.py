@@ -12,8 +12,8 @@ import sys
 
 from invattn.pipeline.config import ConfigError, describe_keys, load_config
 
-# name -> (config name, "module:function", one-line summary).  A config name may hold
-# "{task}", filled from a task=... override (default nbody).  A config name of None hands
+# name -> (config name, "module:function", one-line summary).  A config name "{task}" is the
+# registered task's config (pipeline.training.task), chosen by a task=... override (default nbody).  A config name of None hands
 # the raw argument list to the function, which then parses it itself (``sweep`` nests the
 # training config under ``train.``).
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                        "join simulation shards into one HDF5 file with a virtual dataset"),
     "preprocess-qm9": ("preprocess_qm9", "invattn.pipeline.qm9.cli:preprocess_command",
                        "parse real QM9 (xyz dir, .tar.bz2, qm9pack CSV) into HDF5 shards with Dask"),
-    "train": ("train_{task}", "invattn.pipeline.training.cli:train_command",
+    "train": ("{task}", "invattn.pipeline.training.cli:train_command",
               "train a model (task=nbody or task=qm9) with checkpoints and resume"),
     "evaluate": ("evaluate", "invattn.pipeline.training.cli:evaluate_command",
                  "evaluate a checkpoint on its test split"),
@@ -36,10 +36,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": (None, "invattn.sweeps.demo:demo_command",
              "the newcomer demo: small N-body dataset, small local sweep, results table"),
 }
-
-
-# task=... values of the commands whose config name holds "{task}" (configs/train_<task>.yaml).
-TASKS = ("nbody", "qm9")
 
 # What an interrupted command leaves behind and how to continue (printed after Ctrl-C).
 _ON_INTERRUPT = {
@@ -63,6 +59,22 @@ def _usage() -> str:
             f"commands:\n{rows}\n\n{GROUPS_HELP}\n")
 
 
+def command_config(name: str, args: list[str]) -> str:
+    """The config name of command ``name`` given its ``key=value`` arguments.
+
+    Raises
+    ------
+    ValueError
+        ``task=`` names no registered task (the message lists them).
+    """
+    config_name = COMMANDS[name][0]
+    if config_name != "{task}":
+        return config_name
+    from invattn.pipeline.training.task import task_class  # imports torch: only for training commands
+
+    return task_class(next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")).config_name
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -79,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     module, func = target.split(":")
     if config_name is None:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
-    task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")
-    if "{task}" in config_name and task not in TASKS:
-        print(f"invattn {name}: error: task={task!r} is not one of {', '.join(TASKS)}", file=sys.stderr)
+    try:
+        config_name = command_config(name, args)
+    except ValueError as exc:  # an unknown task=
+        print(f"invattn {name}: error: {exc}", file=sys.stderr)
         return 2
-    config_name = config_name.format(task=task)
     if any(a in ("-h", "--help") for a in args):
         try:
             print(f"invattn {name}: {summary}\n")

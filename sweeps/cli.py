@@ -11,15 +11,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from invattn.pipeline.config import ConfigError, describe_keys, load_config
+from invattn.pipeline.training.task import task_class
 
 __all__ = ["sweep_command", "load_sweep_configs"]
-
-# Per task: the metric that ranks trials by default, and the result-table columns.
-TASK_METRICS = {
-    "nbody": ("test_mse_x", ["test_mse_x", "test_mse_v", "test_constant_velocity_mse_x"]),
-    "qm9": ("valid_mae", ["valid_mae", "test_mae", "valid_mean_predictor_mae"]),
-}
-
 
 def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(sweep config, training config) from command-line overrides."""
@@ -41,8 +35,9 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     if sweep_cfg.train_preset and not any(a.startswith("preset=") for a in train_args):
         train_args.insert(0, f"preset={sweep_cfg.train_preset}")
     train_args.insert(0, f"task={sweep_cfg.task}")
+    task = task_class(str(sweep_cfg.task))  # ValueError naming the registered tasks
     try:
-        train_cfg = load_config(f"train_{sweep_cfg.task}", train_args)
+        train_cfg = load_config(task.config_name, train_args)
     except ConfigError as exc:  # a misspelled sweep key lands here: suggest sweep keys too
         import difflib
 
@@ -53,15 +48,14 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
         if close:
             raise ConfigError(f"{exc} (sweep keys: did you mean {', '.join(close)}?)") from exc
         raise
-    metric, columns = TASK_METRICS.get(str(sweep_cfg.task), (None, None))
     if sweep_cfg.metric is None:
-        sweep_cfg.metric = metric
+        sweep_cfg.metric = task.default_metric
     if (sweep_cfg.task == "nbody" and str(sweep_cfg.metric).startswith("val_")
             and not int(train_cfg.data.get("val_sims", 0) or 0)):
         raise ConfigError(f"metric={sweep_cfg.metric} ranks trials on a validation split, but "
                           f"data.val_sims is 0; set data.val_sims=N (training simulations held out)")
     if sweep_cfg.report_metrics is None:
-        sweep_cfg.report_metrics = columns or [sweep_cfg.metric]
+        sweep_cfg.report_metrics = list(task.report_columns) or [sweep_cfg.metric]
         if sweep_cfg.metric not in sweep_cfg.report_metrics:  # e.g. val_mse_x: show what ranks
             sweep_cfg.report_metrics = [sweep_cfg.metric, *sweep_cfg.report_metrics]
     return sweep_cfg, train_cfg
@@ -112,7 +106,7 @@ def sweep_command(argv: list[str]) -> int:
         print("invattn sweep: Ray Tune sweep over learning rate and subdeterminant sampling\n")
         print(describe_keys("sweep"))
         print("\ntraining keys (every trial starts from these; e.g. train.epochs=5 model.group=E3):")
-        print(describe_keys(f"train_{task}"))
+        print(describe_keys(task_class(task).config_name))
         return 0
 
     def body():

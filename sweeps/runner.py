@@ -82,20 +82,9 @@ def check_data(train_cfg: DictConfig, groups: list[str] | None = None) -> None:
     """Fail before starting Ray when the training data is missing or of another dimension than the
     model's group (trials would fail anyway); every group of ``search.groups`` is checked by
     :func:`run_sweep` through ``groups``."""
-    root = Path(train_cfg.data.dir)
-    needed = ([root / train_cfg.data.train_file, root / train_cfg.data.test_file]
-              if train_cfg.task == "nbody" else [root / "manifest.json"])
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        how = ("invattn simulate preset=paper out=" if train_cfg.task == "nbody"
-               else "invattn preprocess-qm9 source=... out=")
-        raise FileNotFoundError(f"training data missing: {', '.join(missing)} (make it with `{how}{root}`)")
-    if train_cfg.task == "nbody":  # 2D data and a 3D group: refuse here, not in every trial
-        from invattn.pipeline.training.nbody_task import nbody_group, require_dim
+    from invattn.pipeline.training.task import task_class
 
-        for group in groups if groups else [nbody_group(train_cfg)]:
-            for path in needed:
-                require_dim(path, None if group == "EGNN" else group)
+    task_class(str(train_cfg.task)).check_data(train_cfg, groups)
 
 
 def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:

@@ -55,7 +55,7 @@ def test_every_readme_command_passes_the_config_checks():
     """Every ``invattn`` line of the README names known keys with values of the right type."""
     import shlex
 
-    from invattn.pipeline.cli import COMMANDS
+    from invattn.pipeline.cli import COMMANDS, command_config
     from invattn.pipeline.config import load_config
     from invattn.sweeps.cli import load_sweep_configs
 
@@ -70,8 +70,7 @@ def test_every_readme_command_passes_the_config_checks():
             if config is None:
                 load_sweep_configs(args)
             else:
-                task = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")
-                load_config(config.format(task=task), args)
+                load_config(command_config(name, args), args)
             checked.append(cmd)
     assert len(checked) >= 15, checked
 

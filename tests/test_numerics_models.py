@@ -144,6 +144,7 @@ def test_float32_results_do_not_depend_on_where_the_system_sits():
 
 def test_data_paths_centre_positions_before_the_float32_cast(nbody_tiny):
     from invattn.pipeline.nbody import NBodyWindows
+    from invattn.pipeline.qm9.dataset import QM9Batch
     from invattn.pipeline.training.qm9_task import QM9Task
 
     data = NBodyWindows(nbody_tiny / "test.h5", delta_frames=5, train=False)
@@ -158,8 +159,10 @@ def test_data_paths_centre_positions_before_the_float32_cast(nbody_tiny):
     # QM9: a molecule 1e4 angstrom away, centred in float64 by the task before the cast.
     pos = torch.tensor([[[1e4 + 0.1, 2e4, 0.0], [1e4 - 0.1, 2e4, 0.3], [0.0, 0.0, 0.0]]], dtype=F64)
     mask = torch.tensor([[True, True, False]])
-    batch = {"positions": pos, "mask": mask, "atomic_numbers": torch.tensor([[6, 8, 0]]),
-             "target": torch.zeros(1, dtype=F64)}
+    batch = QM9Batch(positions=pos, mask=mask, atomic_numbers=torch.tensor([[6, 8, 0]]),
+                     target=torch.zeros(1, dtype=F64), bond_types=torch.zeros(1, 3, 3, dtype=torch.long),
+                     n_atoms=torch.tensor([2]), gdb_id=torch.tensor([1]),
+                     bond_perception_failed=torch.tensor([False]))
     moved = QM9Task._to(type("T", (), {"dtype": torch.float32})(), batch, "cpu")
     expected = torch.tensor([[[0.1, 0.0, -0.15], [-0.1, 0.0, 0.15], [0.0, 0.0, 0.0]]])
     assert moved["positions"].dtype == torch.float32 and moved["target"].dtype == F64

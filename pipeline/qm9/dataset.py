@@ -7,6 +7,7 @@ torch.Size([2, 18, 18])
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,46 @@ from invattn.pipeline.qm9.parse import TARGET_NAMES
 from invattn.pipeline.qm9.reader import iter_shards, load_manifest
 from invattn.pipeline.qm9.split import SPLIT_CODES
 
-__all__ = ["QM9Dataset", "collate_qm9", "target_statistics"]
+__all__ = ["QM9Dataset", "QM9Batch", "collate_qm9", "target_statistics"]
+
+
+@dataclass
+class QM9Batch:
+    """A padded batch of ``B`` molecules, ``N`` = most atoms in the batch (from :func:`collate_qm9`).
+
+    * ``atomic_numbers`` ``[B, N]`` long (0 = padding)
+    * ``positions`` ``[B, N, 3]`` float64, angstrom (0 at padding)
+    * ``bond_types`` ``[B, N, N]`` long, symmetric, 0 = not bonded, 1-4 single/double/triple/aromatic
+    * ``mask`` ``[B, N]`` bool, True for real atoms
+    * ``target`` ``[B]`` float64 in the source units
+    * ``n_atoms`` ``[B]`` long, ``gdb_id`` ``[B]`` long, ``bond_perception_failed`` ``[B]`` bool
+
+    The first four are the inputs of ``models.QM9Model.forward(atomic_numbers, positions,
+    bond_types, mask)``. ``batch["positions"]`` reads a field as ``batch.positions`` does.
+    """
+
+    atomic_numbers: torch.Tensor
+    positions: torch.Tensor
+    bond_types: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+    n_atoms: torch.Tensor
+    gdb_id: torch.Tensor
+    bond_perception_failed: torch.Tensor
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(f"QM9Batch has no field {key!r}; fields: {', '.join(self.__dataclass_fields__)}")
+        return getattr(self, key)
+
+    def to(self, device, dtype=None) -> "QM9Batch":
+        """Moved to ``device``; floating tensors but ``target`` cast to ``dtype`` (targets stay
+        float64: U0 is about -400 Ha, and float32 would lose ~1 meV before normalization)."""
+        def move(name, t):
+            cast = dtype is not None and t.is_floating_point() and name != "target"
+            return t.to(device, dtype) if cast else t.to(device)
+
+        return QM9Batch(**{f.name: move(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
 class QM9Dataset(Dataset):
@@ -95,20 +135,8 @@ class QM9Dataset(Dataset):
         return f"QM9Dataset({str(self.out_dir)!r}, split={self.split!r}, target={self.target!r}, n={len(self)})"
 
 
-def collate_qm9(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Pad a list of :class:`QM9Dataset` items to the largest molecule of the batch.
-
-    Returns a dict of tensors, ``B`` molecules, ``N`` = most atoms in the batch:
-
-    * ``atomic_numbers`` ``[B, N]`` long (0 = padding)
-    * ``positions`` ``[B, N, 3]`` float64, angstrom (0 at padding)
-    * ``bond_types`` ``[B, N, N]`` long, symmetric, 0 = not bonded, 1-4 single/double/triple/aromatic
-    * ``mask`` ``[B, N]`` bool, True for real atoms
-    * ``target`` ``[B]`` float64 in the source units
-    * ``n_atoms`` ``[B]`` long, ``gdb_id`` ``[B]`` long, ``bond_perception_failed`` ``[B]`` bool
-
-    These are the inputs of ``models.QM9Model.forward(atomic_numbers, positions, bond_types, mask)``.
-    """
+def collate_qm9(batch: list[dict[str, torch.Tensor]]) -> QM9Batch:
+    """Pad a list of :class:`QM9Dataset` items to the largest molecule of the batch (a :class:`QM9Batch`)."""
     if not batch:
         raise ValueError("collate_qm9 needs at least one molecule")
     n_atoms = torch.tensor([len(b["atomic_numbers"]) for b in batch], dtype=torch.long)
@@ -124,10 +152,10 @@ def collate_qm9(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
         bond_types[k, i, j] = item["bond_types"]
         bond_types[k, j, i] = item["bond_types"]
     mask = torch.arange(N)[None, :] < n_atoms[:, None]
-    return {"atomic_numbers": z, "positions": pos, "bond_types": bond_types, "mask": mask,
-            "target": torch.stack([b["target"] for b in batch]).to(torch.float64), "n_atoms": n_atoms,
-            "gdb_id": torch.stack([b["gdb_id"] for b in batch]),
-            "bond_perception_failed": torch.stack([b["bond_perception_failed"] for b in batch])}
+    return QM9Batch(atomic_numbers=z, positions=pos, bond_types=bond_types, mask=mask,
+                    target=torch.stack([b["target"] for b in batch]).to(torch.float64), n_atoms=n_atoms,
+                    gdb_id=torch.stack([b["gdb_id"] for b in batch]),
+                    bond_perception_failed=torch.stack([b["bond_perception_failed"] for b in batch]))
 
 
 def target_statistics(dataset: QM9Dataset) -> tuple[float, float]:

@@ -7,20 +7,22 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from invattn.pipeline.training.checkpoint import load_checkpoint
-from invattn.pipeline.training.loop import make_task, resolve_device, train
+from invattn.pipeline.training.loop import resolve_device, train
+from invattn.pipeline.training.task import make_task, task_class
 
 __all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
 
 
 def _print_metrics(cfg: DictConfig, metrics: dict) -> str:
-    """The metrics as JSON; for QM9 with their units and a line beside the mean predictor."""
-    if cfg.get("task") == "qm9":
-        from invattn.pipeline.training.qm9_task import describe_metrics, metric_units
-
-        units = {k: u for k, u in metric_units(str(cfg.target)).items() if k in metrics}
+    """The metrics as JSON; for a task whose metrics have units (QM9) with them, and the task's
+    line about them (QM9: beside the mean predictor)."""
+    task = task_class(str(cfg.task))
+    all_units = task.metric_units(cfg)
+    if all_units:
+        units = {k: u for k, u in all_units.items() if k in metrics}
         text = json.dumps({**metrics, "units": units}, indent=2)
         print(text)
-        print(describe_metrics(str(cfg.target), metrics), flush=True)
+        print(task.describe(cfg, metrics), flush=True)
         return text
     text = json.dumps(metrics, indent=2)
     print(text, flush=True)
@@ -53,7 +55,8 @@ def _evaluate(checkpoint, data_dir, device) -> tuple[dict, DictConfig]:
     dev = resolve_device(device)
     task = make_task(cfg)
     task.load_state_dict(state.get("task_state", {}))
-    model = task.build_model().to(dev)
+    # Checkpoints before issue 14 saved no model config (``{}``): their training config rebuilds it.
+    model = task.build_model(state.get("model_hparams") or None).to(dev)
     model.load_state_dict(state["model"])
     model.eval()
     metrics = {"epoch": int(state["epoch"]), **task.evaluate(model, dev)}

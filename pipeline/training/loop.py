@@ -23,25 +23,13 @@ from invattn.pipeline.training.malloc import keep_freed_memory
 from invattn.pipeline.training.metrics_log import MetricsLog
 from invattn.pipeline.training.run_lock import run_dir_lock
 from invattn.pipeline.training.schedule import lr_factor
+from invattn.pipeline.training.task import COMMON_RUN_DEFINING, make_task, task_class
 
 __all__ = ["train", "make_task", "resolve_device", "checkpoint_path", "count_parameters"]
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[dict, Path], None]
-
-
-def make_task(cfg: DictConfig):
-    """The task object for ``cfg.task`` (``nbody`` or ``qm9``)."""
-    if cfg.task == "nbody":
-        from invattn.pipeline.training.nbody_task import NBodyTask
-
-        return NBodyTask(cfg)
-    if cfg.task == "qm9":
-        from invattn.pipeline.training.qm9_task import QM9Task
-
-        return QM9Task(cfg)
-    raise ValueError(f"task={cfg.task!r} is not one of 'nbody', 'qm9'")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,21 +62,20 @@ def _progress(total: int, desc: str, mode: str):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-# Settings that define a run: resuming with different values would silently train another
-# model (or, for the schedule, a zero learning rate), so resume refuses them.
-RUN_DEFINING = ("task", "target", "seed", "architecture", "model", "egnn", "optim", "train.epochs", "train.batch_size",
-                "train.velocity_loss_weight", "data.delta_frames", "data.max_train_sims",
-                "data.augment_rotations", "data.val_sims", "data.start_frame")
-# Run-defining keys added later: a checkpoint saved without one was trained with this value.
-ADDED_LATER = {"architecture": "attention", "egnn.n_layers": 4, "egnn.hidden": 64,
-               "train.velocity_loss_weight": 1.0, "data.val_sims": 0}
-
-
 def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """``"key: old -> new"`` for every run-defining leaf that differs."""
+    """``"key: old -> new"`` for every run-defining leaf that differs.
+
+    Settings that define a run (the common ones and the task's ``run_defining``): resuming with
+    different values would silently train another model (or, for the schedule, a zero learning
+    rate), so resume refuses them. A key newer than the saved checkpoint counts as the task's
+    ``added_later`` value.
+    """
+    task = task_class(str(cfg.task))
+    keys = COMMON_RUN_DEFINING + tuple(task.run_defining)
+
     def leaves(conf: DictConfig) -> dict:
         out = {}
-        for key in RUN_DEFINING:
+        for key in keys:
             node = OmegaConf.select(conf, key)
             if isinstance(node, DictConfig):
                 out.update({f"{key}.{k}": v for k, v in flat_keys(node).items()})
@@ -97,7 +84,7 @@ def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
         return out
 
     old, new = leaves(saved), leaves(cfg)
-    for key, value in ADDED_LATER.items():
+    for key, value in task.added_later.items():
         if old.get(key) is None and key in new:
             old[key] = value
     return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
@@ -223,7 +210,7 @@ def _train(cfg: DictConfig, parts: tuple, reporter: Reporter | None) -> dict:
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     metrics_log = MetricsLog(run_dir, resume_epoch=start_epoch, tensorboard=bool(tr.tensorboard))
     kind = type(model).__name__
-    group = "" if kind == "EGNN" else f" group={cfg.model.get('group')}"
+    group = f" group={model.config['group']}" if "group" in model.config else ""  # not the EGNN
     print(f"[{cfg.task}] {kind}{group} params={n_params} device={device} run_dir={run_dir} "
           f"epochs {start_epoch}->{tr.epochs}", flush=True)
 
@@ -265,10 +252,10 @@ def _train(cfg: DictConfig, parts: tuple, reporter: Reporter | None) -> dict:
                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                 "task_state": task.state_dict(), "rng_torch": torch.get_rng_state(),
                 "config": OmegaConf.to_container(cfg, resolve=True),
-                "model_hparams": dict(getattr(model, "hparams", {}) or {}),
+                "model_hparams": dict(model.config),  # what build_model rebuilds it from
                 "metrics": record, "params": n_params,
             }, ckpt_file)
-            units = getattr(task, "metric_units", {})  # QM9: MAE in meV, D, ... (printed)
+            units = type(task).metric_units(cfg)  # QM9: MAE in meV, D, ... (printed)
             print(" ".join((f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
                            + (f" {units[k]}" if k in units else "") for k, v in record.items()), flush=True)
             if reporter is not None:

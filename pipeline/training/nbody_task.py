@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from invattn.pipeline.nbody import NBodyWindows
+from invattn.pipeline.nbody.dataset import NBodyBatch, NBodyWindows
 from invattn.pipeline.training.rotations import random_rotations
+from invattn.pipeline.training.task import register_task, require_files
 
 __all__ = ["NBodyTask", "require_dim", "data_dim", "nbody_group", "nbody_model_kwargs", "build_nbody_model", "model_label",
            "ARCHITECTURES"]
@@ -97,7 +98,8 @@ def nbody_model_kwargs(cfg) -> tuple[str, dict]:
 
 
 def build_nbody_model(architecture: str, kwargs: dict):
-    """The model of :func:`nbody_model_kwargs`'s answer (ours from the registry, or the EGNN)."""
+    """The model of :func:`nbody_model_kwargs`'s answer: ours through :func:`models.build_model`;
+    the EGNN baseline, which is not a registered task model, from its class (``EGNN(**config)``)."""
     from invattn.models import EGNN, build_model
 
     return EGNN(**kwargs) if architecture == "egnn" else build_model("nbody", **kwargs)
@@ -110,6 +112,7 @@ def model_label(cfg) -> str:
     return str(cfg.model.get("group"))
 
 
+@register_task
 class NBodyTask:
     """Data, model construction, loss and evaluation for N-body training.
 
@@ -119,7 +122,36 @@ class NBodyTask:
     """
 
     name = "nbody"
+    config_name = "train_nbody"
     default_metric = "test_mse_x"
+    report_columns = ("test_mse_x", "test_mse_v", "test_constant_velocity_mse_x")
+    run_defining = ("architecture", "egnn", "train.velocity_loss_weight", "data.delta_frames",
+                    "data.max_train_sims", "data.augment_rotations", "data.val_sims", "data.start_frame")
+    # Checkpoints saved before these keys existed were trained with these values.
+    added_later = {"architecture": "attention", "egnn.n_layers": 4, "egnn.hidden": 64,
+                   "train.velocity_loss_weight": 1.0, "data.val_sims": 0}
+    batch_type = NBodyBatch
+
+    @classmethod
+    def check_data(cls, cfg, groups: list[str] | None = None) -> None:
+        """Both split files must exist (else how to simulate them) and hold trajectories of the
+        dimension of the model's group (of each of ``groups``, a sweep's ``search.groups``)."""
+        root = Path(cfg.data.dir)
+        needed = [root / cfg.data.train_file, root / cfg.data.test_file]
+        require_files(needed, "invattn simulate preset=paper out=", root)
+        for group in groups if groups else [nbody_group(cfg)]:
+            for path in needed:
+                require_dim(path, None if group == "EGNN" else group)
+
+    model_label = staticmethod(model_label)
+
+    @classmethod
+    def metric_units(cls, cfg) -> dict[str, str]:
+        return {}  # simulation units throughout
+
+    @classmethod
+    def describe(cls, cfg, metrics: dict) -> str:
+        return ""
 
     def __init__(self, cfg: DictConfig, dtype=torch.float32):
         data = cfg.data
@@ -152,8 +184,9 @@ class NBodyTask:
                                      **windows)
         self.architecture, self.model_kwargs = nbody_model_kwargs(cfg)
 
-    def build_model(self):
-        return build_nbody_model(self.architecture, self.model_kwargs)
+    def build_model(self, config: dict | None = None):
+        """Ours or the EGNN (``architecture``); ``config``: a saved ``model.config`` instead of ``cfg``'s."""
+        return build_nbody_model(self.architecture, self.model_kwargs if config is None else config)
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)

@@ -12,9 +12,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from invattn.pipeline.qm9.dataset import QM9Dataset, collate_qm9, target_statistics
+from pathlib import Path
+
+from invattn.pipeline.qm9.dataset import QM9Batch, QM9Dataset, collate_qm9, target_statistics
 from invattn.pipeline.qm9.units import PAPER_UNITS, to_paper_units
 from invattn.pipeline.training.rotations import random_rotations
+from invattn.pipeline.training.task import register_task, require_files
 
 __all__ = ["QM9Task", "metric_units", "describe_metrics"]
 
@@ -37,11 +40,35 @@ def describe_metrics(target: str, metrics: dict) -> str:
     return f"{target}: " + ", ".join(parts) if parts else ""
 
 
+@register_task
 class QM9Task:
     """Data, model construction, loss and evaluation for QM9 property regression."""
 
     name = "qm9"
+    config_name = "train_qm9"
     default_metric = "valid_mae"
+    report_columns = ("valid_mae", "test_mae", "valid_mean_predictor_mae")
+    run_defining = ("target", "data.augment_rotations")
+    added_later: dict = {}
+    batch_type = QM9Batch
+
+    @classmethod
+    def check_data(cls, cfg, groups: list[str] | None = None) -> None:
+        """The preprocessed folder's manifest must exist (else how to make it)."""
+        root = Path(cfg.data.dir)
+        require_files([root / "manifest.json"], "invattn preprocess-qm9 source=... out=", root)
+
+    @classmethod
+    def model_label(cls, cfg) -> str:
+        return str(cfg.model.get("group"))
+
+    @classmethod
+    def metric_units(cls, cfg) -> dict[str, str]:
+        return metric_units(str(cfg.target))
+
+    @classmethod
+    def describe(cls, cfg, metrics: dict) -> str:
+        return describe_metrics(str(cfg.target), metrics)
 
     def __init__(self, cfg: DictConfig, dtype=torch.float32):
         self.target = str(cfg.target)
@@ -59,25 +86,24 @@ class QM9Task:
         self.mean, self.std = float(mean), float(std) if float(std) > 0 else 1.0
         self.model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
         self.unit = PAPER_UNITS.get(self.target, "source units")
-        self.metric_units = metric_units(self.target)
 
-    def build_model(self):
-        from invattn.models import QM9Model
+    def build_model(self, config: dict | None = None):
+        """:class:`models.QM9Model` from ``model.*`` (or from a saved ``model.config``)."""
+        from invattn.models import build_model
 
-        return QM9Model(**self.model_kwargs)
+        return build_model("qm9", **(self.model_kwargs if config is None else config))
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)
 
-    def _to(self, batch, device):
-        # Targets stay float64: U0 is about -400 Ha, and float32 would lose ~1 meV before
-        # normalization. Positions are centred per molecule while still float64 (issue 11).
+    def _to(self, batch: QM9Batch, device) -> QM9Batch:
+        # Positions are centred per molecule while still float64 (issue 11); targets stay float64.
+        from dataclasses import replace
+
         from invattn.models.inputs import centre_positions
 
-        batch = dict(batch, positions=centre_positions(batch["positions"], batch["mask"],
-                                                       batch["positions"].dtype))
-        return {k: (v.to(device, self.dtype) if v.is_floating_point() and k != "target"
-                    else v.to(device)) for k, v in batch.items()}
+        centred = centre_positions(batch.positions, batch.mask, batch.positions.dtype)
+        return replace(batch, positions=centred).to(device, self.dtype)
 
     def train_batches(self, epoch: int, device):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -85,15 +111,15 @@ class QM9Task:
                             collate_fn=collate_qm9, generator=gen)
         for batch in loader:
             if self.augment:
-                rot = random_rotations(batch["positions"].shape[0], gen, batch["positions"].dtype)
-                batch["positions"] = batch["positions"] @ rot.transpose(1, 2)
+                rot = random_rotations(batch.positions.shape[0], gen, batch.positions.dtype)
+                batch.positions = batch.positions @ rot.transpose(1, 2)
             yield self._to(batch, device)
 
     def _predict(self, model, batch):
-        return model(batch["atomic_numbers"], batch["positions"], batch["bond_types"], batch["mask"])
+        return model(batch.atomic_numbers, batch.positions, batch.bond_types, batch.mask)
 
     def loss(self, model, batch) -> torch.Tensor:
-        target = ((batch["target"] - self.mean) / self.std).to(self.dtype)
+        target = ((batch.target - self.mean) / self.std).to(self.dtype)
         return (self._predict(model, batch) - target).abs().mean()
 
     @torch.no_grad()
@@ -106,7 +132,7 @@ class QM9Task:
             for batch in DataLoader(data, batch_size=self.eval_batch_size, collate_fn=collate_qm9):
                 b = self._to(batch, device)
                 pred = self._predict(model, b).double().cpu() * self.std + self.mean
-                truth = to_paper_units(self.target, batch["target"].double())
+                truth = to_paper_units(self.target, batch.target.double())
                 err += (to_paper_units(self.target, pred) - truth).abs().sum().item()
                 base += (to_paper_units(self.target, self.mean) - truth).abs().sum().item()
                 n += len(truth)
