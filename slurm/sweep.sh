@@ -48,7 +48,7 @@ invattn_log "sweep: results in $RESULTS_DIR (restart ${SLURM_RESTART_COUNT:-0})"
 # a requeue before Tune's first save starts afresh (resume=true without saved state is an error).
 resume=()
 if ((${SLURM_RESTART_COUNT:-0} > 0)); then
-    if python -m invattn.sweeps.submitit_launcher --can-resume results_dir="$RESULTS_DIR" "$@"; then
+    if python -m invattn.sweeps.cli --can-resume results_dir="$RESULTS_DIR" "$@"; then
         resume=(resume=true)
     else
         invattn_log "sweep: requeued, but no saved sweep state yet: starting it afresh"

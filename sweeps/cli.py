@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from invattn.pipeline.config import ConfigError, describe_keys, load_config
 from invattn.pipeline.training.task import task_class
 
-__all__ = ["sweep_command", "load_sweep_configs"]
+__all__ = ["sweep_command", "load_sweep_configs", "can_resume_main"]
 
 def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
     """(sweep config, training config) from command-line overrides."""
@@ -114,7 +114,7 @@ def sweep_command(argv: list[str]) -> int:
         if sweep_cfg.launcher == "submitit":
             from invattn.sweeps.submitit_launcher import launch
 
-            return launch(sweep_cfg, argv)
+            return launch(sweep_cfg, train_cfg)
         if sweep_cfg.launcher != "local":
             raise ValueError(f"launcher={sweep_cfg.launcher!r} must be 'local' or 'submitit'")
         from invattn.sweeps.runner import run_sweep
@@ -123,3 +123,23 @@ def sweep_command(argv: list[str]) -> int:
         return 0
 
     return run_guarded("sweep", body)
+
+
+def can_resume_main(argv: list[str]) -> int:
+    """``python -m invattn.sweeps.cli --can-resume [key=value ...]``: exit 0 if the sweep these overrides
+    describe has saved state to resume (used by slurm/sweep.sh on requeue), 1 if not."""
+    import sys
+
+    from invattn.sweeps.layout import SweepLayout
+
+    if not argv or argv[0] != "--can-resume":
+        print("usage: python -m invattn.sweeps.cli --can-resume [key=value ...]", file=sys.stderr)
+        return 2
+    sweep_cfg, _ = load_sweep_configs(argv[1:])
+    return 0 if SweepLayout.of(sweep_cfg).can_resume() else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(can_resume_main(sys.argv[1:]))

@@ -20,7 +20,8 @@ import pytest
 
 from invattn.pipeline.cli import main as cli
 from invattn.sweeps import slurm_wait, submitit_launcher
-from invattn.sweeps.cli import load_sweep_configs
+from invattn.sweeps.cli import can_resume_main, load_sweep_configs
+from invattn.sweeps.layout import SweepLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["train_preset=demo", "search.lr=[1e-3,3e-3]", "train.epochs=1", "train.tensorboard=false",
@@ -76,10 +77,10 @@ def test_sweep_sh_smoke_on_two_nodes(slurm_cluster, smoke_data, tmp_path):
     no_ray_left(job)
 
     # What sweep.sh decides on a requeue: resume only a sweep whose Tune state exists.
-    check = subprocess.run([sys.executable, "-m", "invattn.sweeps.submitit_launcher", "--can-resume",
+    check = subprocess.run([sys.executable, "-m", "invattn.sweeps.cli", "--can-resume",
                             f"results_dir={results}", "name=smoke"], capture_output=True, timeout=120)
     assert check.returncode == 0, check.stderr
-    assert submitit_launcher._main(["--can-resume", f"results_dir={results}", "name=never_started"]) == 1
+    assert can_resume_main(["--can-resume", f"results_dir={results}", "name=never_started"]) == 1
 
 
 @pytest.mark.slurm
@@ -121,7 +122,7 @@ def test_submitit_job_requeued_on_time_limit_resumes_the_sweep(slurm_cluster, sm
          f"submitit.folder={folder}", "submitit.nodes=1", "submitit.timeout_min=5",
          "submitit.additional={oversubscribe: true}", *SMOKE, "train.epochs=20"])
     job, token = submitit_launcher.submit(sweep_cfg, train_cfg)
-    exp = submitit_launcher.experiment_path(sweep_cfg)
+    exp = SweepLayout.of(sweep_cfg).experiment
     logs = [folder / f"{job.job_id}_0_log.err", folder / f"{job.job_id}_0_log.out"]
     # Until a trial has saved its first epoch; a job that ends first fails here at once.
     slurm_wait.wait_job(job.job_id, done=lambda: bool(list(exp.glob("*/checkpoint_*"))), logs=logs,
