@@ -74,11 +74,11 @@ def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: lis
     ValueError
         An override would change what the sweep computes (it names the keys).
     """
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
-    folder = Path(sweep_cfg.results_dir) / str(sweep_cfg.name)
+    from invattn.sweeps.layout import SweepLayout
+
+    folder = SweepLayout.of(sweep_cfg).results
     if not (folder / "sweep.yaml").is_file() or not (folder / "train.yaml").is_file():
         return None
     changed = [a.split("=", 1)[0] for a in sweep_args

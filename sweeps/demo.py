@@ -31,6 +31,7 @@ def _demo(argv: list[str]) -> int:
     from invattn.pipeline.config import load_config
     from invattn.simulator.cli import simulate_command
     from invattn.sweeps.cli import load_sweep_configs
+    from invattn.sweeps.layout import SweepLayout
     from invattn.sweeps.runner import run_sweep
 
     sweep_cfg, train_cfg = load_sweep_configs(["preset=demo", *argv])
@@ -40,7 +41,7 @@ def _demo(argv: list[str]) -> int:
         simulate_command(load_config("simulate", ["preset=demo", f"out={data_dir}"]))
     else:
         print(f"== 1/2 demo dataset present in {data_dir}", flush=True)
-    exp = Path(sweep_cfg.results_dir) / str(sweep_cfg.name) / "ray" / str(sweep_cfg.name)
+    exp = SweepLayout.of(sweep_cfg).experiment
     if exp.is_dir() and not sweep_cfg.resume:
         print(f"== 2/2 a demo sweep already ran ({exp}); showing it again "
               f"(`make clean-demo` starts over)", flush=True)

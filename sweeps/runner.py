@@ -100,13 +100,13 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     import ray
     from ray import tune
 
+    from invattn.sweeps.layout import SweepLayout
     from invattn.sweeps.ray_cluster import connect
     from invattn.sweeps.space import apply_trial_params, param_space
     from invattn.sweeps.trainable import run_trial
 
-    out_dir = Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)
-    storage = Path(sweep_cfg.storage_path).resolve() if sweep_cfg.storage_path else out_dir / "ray"
-    exp_path = storage / str(sweep_cfg.name)
+    layout = SweepLayout.of(sweep_cfg)
+    out_dir, storage, exp_path = layout.results, layout.storage, layout.experiment
     metric, mode = str(sweep_cfg.metric), str(sweep_cfg.mode)
     if mode not in ("min", "max"):
         raise ValueError(f"mode={mode!r} must be 'min' or 'max'")

@@ -219,7 +219,7 @@ def launch(sweep_cfg: DictConfig, train_cfg: DictConfig) -> int:
           f"  logs: {task0.stdout}\n        {task0.stderr}\n"
           f"        (task i: {job.job_id}_<i>_log.out/.err in {task0.folder}; task 0 runs the Ray head "
           f"and the sweep driver)\n"
-          f"  results: {Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)}", flush=True)
+          f"  results: {SweepLayout.of(sweep_cfg).results}", flush=True)
     if sweep_cfg.ray.dashboard:
         where = "the job's first node" if on_slurm else "this machine"
         print(f"  Ray dashboard: http://127.0.0.1:{dashboard_port(base)} on {where}"
@@ -260,6 +260,6 @@ def launch(sweep_cfg: DictConfig, train_cfg: DictConfig) -> int:
                        if isinstance(best["metrics"].get(k), (int, float)))
     print(f"best trial ({best['metric']}, {best['mode']}): lr={best['params'].get('lr')} "
           f"subdeterminants={best['params'].get('subdeterminants')} {metrics}\n"
-          f"results: {Path(sweep_cfg.results_dir).resolve() / str(sweep_cfg.name)}/best.json, trials.csv",
+          f"results: {SweepLayout.of(sweep_cfg).results}/best.json, trials.csv",
           flush=True)
     return 0

@@ -34,22 +34,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.sweeps.layout import SweepLayout
+
 __all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves", "output_paths",
            "best_lr_per_group", "markdown_table", "update_markdown", "BENCHMARKS"]
 
 
 def _sweep(argv: list[str]):
-    from ray import tune
-
     from invattn.sweeps.cli import load_sweep_configs
     from invattn.sweeps.runner import run_sweep
 
     sweep_cfg, train_cfg = load_sweep_configs(argv)
-    exp = Path(sweep_cfg.results_dir).resolve() / sweep_cfg.name / "ray" / sweep_cfg.name
-    if tune.Tuner.can_restore(str(exp)):
+    layout = SweepLayout.of(sweep_cfg)
+    if layout.can_resume():
         sweep_cfg.resume = True  # finished trials are kept; unfinished ones continue
     run_sweep(sweep_cfg, train_cfg)
-    return Path(sweep_cfg.results_dir).resolve() / sweep_cfg.name
+    return layout.results
 
 
 def collect_runs(sweep_dir: Path) -> list[dict]:
@@ -59,8 +59,7 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     from invattn.pipeline.training.metrics_log import MetricsLog
 
     runs = []
-    sweep_dir = Path(sweep_dir).resolve()
-    for trial in ExperimentAnalysis(str(sweep_dir / "ray" / sweep_dir.name)).trials:
+    for trial in ExperimentAnalysis(str(SweepLayout.of_results(sweep_dir).experiment)).trials:
         params = dict(trial.config or {})
         lr = params.get("lr", (params.get("lr_by_group") or {}).get(params.get("group")))
         records = MetricsLog.read(Path(trial.path) / "run" / "metrics.jsonl")
@@ -383,11 +382,11 @@ def output_paths(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
 def _publish(cfg: DictConfig, final_dir: Path) -> int:
     """Write the JSON record, the plot and the table from the final sweep's runs, finished or not."""
     targets = output_paths(cfg)  # bad keys fail before any work
-    if not (final_dir / "ray").is_dir():
+    if not SweepLayout.of_results(final_dir).experiment.is_dir():
         raise FileNotFoundError(f"no final runs to publish in {final_dir}")
     runs = collect_runs(final_dir)
     lr_dir = final_dir.parent / f"{cfg.sweep_prefix}_lr"
-    lr_runs = collect_runs(lr_dir) if (lr_dir / "ray").is_dir() else []
+    lr_runs = collect_runs(lr_dir) if SweepLayout.of_results(lr_dir).experiment.is_dir() else []
     # The command that produced the runs (publish_only=true only reports on them).
     saved = final_dir / "command.txt"
     name = COMMAND_NAMES[str(cfg.benchmark)]
