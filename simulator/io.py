@@ -26,15 +26,14 @@ from __future__ import annotations
 import errno
 import math
 import os
-import socket
-import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "DATASETS", "IDENTITY_ATTRS", "TrajectoryWriter", "temp_path",
-           "estimated_file_bytes", "write_error",
+from invattn.files import commit, temp_path, write_error
+
+__all__ = ["FORMAT_VERSION", "DATASETS", "IDENTITY_ATTRS", "TrajectoryWriter", "estimated_file_bytes",
            "read_attributes", "open_trajectories", "read_trajectories", "shard_problem",
            "write_merged"]
 
@@ -57,29 +56,6 @@ def estimated_file_bytes(n_sims: int, n_frames: int, n_bodies: int, dim: int) ->
     for HDF5's chunk index and attributes (measured: about 3% and 7 KiB)."""
     raw = 8 * sum(math.prod(s) for s in _shapes(n_sims, n_frames, n_bodies, dim).values())
     return int(raw * 1.05) + (1 << 16)
-
-
-def write_error(path: Path, exc: OSError) -> OSError:
-    """A one-line OSError for a failed write of ``path`` (full disk, file size limit, quota)."""
-    reasons = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large (file size limit)",
-               errno.EDQUOT: "disk quota exceeded"}
-    code = exc.errno if exc.errno in reasons else next(
-        (c for c, r in reasons.items() if os.strerror(c).lower() in str(exc).lower()), None)
-    reason = (reasons.get(code) or (exc.strerror.lower() if exc.strerror else None)
-              or (str(exc).strip().splitlines() or [type(exc).__name__])[0])
-    err = OSError(f"cannot write {path}: {reason}")
-    err.errno = code or exc.errno
-    return err
-
-
-def temp_path(final: Path) -> Path:
-    """A unique hidden temporary name next to ``final`` (host, pid and a random tag).
-
-    Unique per attempt, so a retried or requeued task never writes into another attempt's
-    file, and ``os.replace`` onto ``final`` is atomic (same directory, same filesystem).
-    """
-    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return final.parent / f".{final.name}.tmp-{tag}"
 
 
 def _py(value):
@@ -176,8 +152,11 @@ class TrajectoryWriter:
             self.tmp.unlink()
             raise FileExistsError(f"{self.final} appeared while it was being written; "
                                   f"pass overwrite=true to replace it")
-        os.replace(self.tmp, self.final)
-        return self.final
+        try:
+            return commit(self.tmp, self.final)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise write_error(self.final, exc) from None
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
@@ -378,7 +357,7 @@ def write_merged(final, shards: list[tuple[Path, int, int]], n_sims: int, n_fram
             raise write_error(final, exc) from None
         if not replace and final.exists():
             raise FileExistsError(f"{final} already exists; pass overwrite=true to replace it")
-        os.replace(tmp, final)
+        commit(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     return final

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from invattn.files import write_atomic
 
 __all__ = ["run_sweep", "results_table"]
 
@@ -73,9 +74,7 @@ def save_configs(out_dir: Path, sweep_cfg: DictConfig, train_cfg: DictConfig) ->
     """Keep the sweep's settings so that ``resume=true`` needs no other override."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, cfg in (("sweep.yaml", sweep_cfg), ("train.yaml", train_cfg)):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(OmegaConf.to_yaml(cfg))
-        os.replace(tmp, out_dir / name)
+        write_atomic(out_dir / name, OmegaConf.to_yaml(cfg))
 
 
 def check_data(train_cfg: DictConfig, groups: list[str] | None = None) -> None:
@@ -194,9 +193,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
         "train_config": OmegaConf.to_container(train_cfg),
         "dashboard_url": ctx.dashboard_url,
     }
-    tmp = out_dir / ".best.json.tmp"
-    tmp.write_text(json.dumps(best_record, indent=2, default=str) + "\n")
-    os.replace(tmp, out_dir / "best.json")
+    write_atomic(out_dir / "best.json", json.dumps(best_record, indent=2, default=str) + "\n")
 
     import pandas as pd
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from invattn.files import write_atomic
 from invattn.sweeps.layout import SweepLayout
 from invattn.sweeps.ray_node import RayNode, dashboard_port, port_base, port_open, wait_for
 from invattn.sweeps.slurm_env import log, node_ip, preemption_signal
@@ -157,8 +158,7 @@ class SweepJob(Checkpointable):
             # (run_sweep's own ray.init then reuses this connection.)
             ray.init(address=address, log_to_driver=bool(sweep_cfg.ray.log_to_driver))
             self._install_sigterm_handler()
-            (rdv / ".head.tmp").write_text(json.dumps({"address": address}))
-            os.replace(rdv / ".head.tmp", rdv / "head")
+            write_atomic(rdv / "head", json.dumps({"address": address}))
             wait_for(f"ray: {n_nodes} node(s)", lambda: sum(n["Alive"] for n in ray.nodes()) >= n_nodes, node)
             log(f"ray: all {n_nodes} node(s) joined; head at {address}")
             if sweep_cfg.ray.dashboard:

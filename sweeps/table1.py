@@ -34,6 +34,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.files import write_atomic
 from invattn.sweeps.layout import SweepLayout
 
 __all__ = ["reproduce_command", "collect_runs", "summarize", "plot_curves", "output_paths",
@@ -404,9 +405,7 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
     record = summarize(runs, command=command, epochs=int(cfg.epochs), lr_runs=lr_runs, protocol=protocol)
     for out, plot, markdown in targets:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out)
+        write_atomic(out, json.dumps(record, indent=1) + "\n")
         plot_json(out, plot, str(cfg.benchmark))
         update_markdown(markdown, record, str(cfg.benchmark))
     shown = ("mse_x", "mse_x_best_val", "mse_v", "lr", "epochs")

@@ -23,28 +23,26 @@ File ``shard_NNNNN.h5`` (``M`` molecules, ``A`` atoms in total, ``E`` bonds in t
 ``manifest.json`` beside the shards lists them (file, plan_hash, counts) with the source, the
 full config, the counts of every stage, the skipped records and timings.
 
-A shard is written to a unique temporary name (``.shard_NNNNN.h5.tmp-<pid>-<uuid>``) and renamed
-into place, so a killed or retried task never leaves a half-written ``shard_NNNNN.h5``.
+A shard is written to a unique temporary name (``.shard_NNNNN.h5.tmp-<host>-<pid>-<tag>``,
+:func:`invattn.files.temp_path`) and renamed into place, so a killed or retried task never leaves a half-written ``shard_NNNNN.h5``.
 """
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from invattn.files import TMP_MARK, atomic_path
 from invattn.pipeline.qm9.parse import TARGET_NAMES, TARGET_UNITS
 
-__all__ = ["SHARD_FORMAT_VERSION", "MANIFEST_NAME", "MANIFEST_FORMAT", "shard_name", "temp_name", "is_temp_name", "write_shard",
+__all__ = ["SHARD_FORMAT_VERSION", "MANIFEST_NAME", "MANIFEST_FORMAT", "shard_name", "is_temp_name", "write_shard",
            "read_shard", "shard_attrs", "shard_is_valid"]
 
 SHARD_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "invattn-qm9-shards"
-_TMP_MARK = ".tmp-"
 
 
 def shard_name(index: int) -> str:
@@ -52,13 +50,8 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.h5"
 
 
-def temp_name(final: Path) -> Path:
-    """A unique temporary sibling of ``final`` for one write attempt."""
-    return final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-
-
 def is_temp_name(name: str) -> bool:
-    return name.startswith(".shard_") and _TMP_MARK in name
+    return name.startswith(".shard_") and TMP_MARK in name
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -67,28 +60,19 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     ``arrays`` holds the datasets of the module docstring; ``attrs`` the file attributes
     (dicts/lists are stored as JSON text).
     """
-    path = Path(path)
-    tmp = temp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in arrays.items():
-                if key == "smiles":
-                    f.create_dataset(key, data=np.array(value, dtype=object), dtype=h5py.string_dtype())
-                else:
-                    f.create_dataset(key, data=value)
-            f["targets"].attrs["names"] = list(TARGET_NAMES)
-            f["targets"].attrs["units"] = [TARGET_UNITS[k] for k in TARGET_NAMES]
-            f["positions"].attrs["units"] = "angstrom"
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
-            f.attrs["format_version"] = SHARD_FORMAT_VERSION
-            f.attrs["complete"] = True  # last write: a file without it was cut short
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in arrays.items():
+            if key == "smiles":
+                f.create_dataset(key, data=np.array(value, dtype=object), dtype=h5py.string_dtype())
+            else:
+                f.create_dataset(key, data=value)
+        f["targets"].attrs["names"] = list(TARGET_NAMES)
+        f["targets"].attrs["units"] = [TARGET_UNITS[k] for k in TARGET_NAMES]
+        f["positions"].attrs["units"] = "angstrom"
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        f.attrs["format_version"] = SHARD_FORMAT_VERSION
+        f.attrs["complete"] = True  # last write: a file without it was cut short
 
 
 def shard_attrs(path: Path) -> dict:

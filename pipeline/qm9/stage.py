@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -27,32 +26,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.files import write_atomic
 from invattn.pipeline.qm9.partition import ShardTask, load_partition, process_partition
 from invattn.pipeline.qm9.shards import (MANIFEST_FORMAT, MANIFEST_NAME, SHARD_FORMAT_VERSION, is_temp_name, shard_attrs,
                                  shard_is_valid, shard_name)
 from invattn.pipeline.qm9.sources import Source, load_excluded_ids, resolve_source, scan_source
 from invattn.pipeline.qm9.split import SPLIT_NAMES, assign_splits, split_sizes
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "preprocess", "plan", "write_json_atomic"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "preprocess", "plan"]
 
 
 
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a unique temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _settings(cfg: DictConfig, excluded: set[int]) -> dict:
@@ -232,7 +218,7 @@ def preprocess(cfg: DictConfig, log=print) -> dict:
                 "settings": p["settings"], "split_planned": p["split_planned"],
                 "shards": [{"file": shard_name(t.index), "index": t.index, "plan_hash": t.plan_hash}
                            for t in tasks]}
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    write_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=1, default=str))
     _clean(out, {shard_name(t.index) for t in tasks}, log)
 
     done = {t.index: shard_attrs(out / shard_name(t.index)) for t in tasks
@@ -284,7 +270,7 @@ def preprocess(cfg: DictConfig, log=print) -> dict:
                    "worker_s": {k: round(sum(r["seconds"][k] for r in results), 3)
                                 for k in ("parse", "bonds", "write", "total")},
                    "molecules_per_s": round(n_new / t_compute, 1) if n_new and t_compute > 0 else None}})
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    write_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=1, default=str))
     _report(manifest, out, log)
     if errors:
         raise RuntimeError(f"{len(errors)} shard(s) failed ({errors[0]['error']}); the other shards are "

@@ -9,20 +9,18 @@ do not fit today's models.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from pathlib import Path
 
 import torch
 
 from invattn.models.registry import MODEL_FORMAT, MODEL_FORMATS
-from invattn.simulator.io import write_error
+from invattn.files import write_atomic, write_error
 
 __all__ = ["save_checkpoint", "load_checkpoint", "write_text_atomic", "cannot_write"]
 
 
 def cannot_write(path: Path, exc: OSError, kept: str = "") -> OSError:
-    """:func:`simulator.io.write_error`'s one-line OSError, followed by ``; kept`` if given."""
+    """:func:`invattn.files.write_error`'s one-line OSError, followed by ``; kept`` if given."""
     err = write_error(path, exc)
     if kept:
         err.args = (f"{err}; {kept}",)
@@ -30,16 +28,13 @@ def cannot_write(path: Path, exc: OSError, kept: str = "") -> OSError:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` via a temporary file: a full disk keeps the old file."""
+    """Replace ``path`` with ``text`` atomically (:func:`invattn.files.write_atomic`): a full
+    disk keeps the old file and raises one line naming ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as exc:
         raise cannot_write(path, exc, "the previous file is kept" if path.is_file() else "") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
@@ -57,24 +52,17 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     state = {"model_format": MODEL_FORMAT, **state}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     # Serialise in memory, then write with plain file I/O: a full disk is then an OSError with
     # its errno, not an error from inside torch's zip writer.
     buffer = io.BytesIO()
     torch.save(state, buffer)
     try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getvalue())
     except OSError as exc:
         kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
         err = cannot_write(path, exc, kept)
         err.args = (str(err).replace("cannot write ", "cannot write checkpoint ", 1),)
         raise err from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
