@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from invattn.checks import check_int
 from invattn.models.attention import EquivariantAttention
 from invattn.models.features import Features, FeatureShape
 from invattn.models.groups import parse_group
@@ -28,8 +29,7 @@ def validate_sizes(**sizes: int) -> None:
         Naming the first offending argument.
     """
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value, 1)
 
 
 def validate_sampling(subdeterminants: int | str, cross_products: int | str,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from invattn.checks import check_int
 from invattn.models.inputs import check_shape, prepare_mask
 from invattn.models.registry import constructor_config
 
@@ -123,8 +124,7 @@ class EGNN(nn.Module):
     def __init__(self, n_layers: int = 4, hidden: int = 64):
         super().__init__()
         for name, value in (("n_layers", n_layers), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, value, 1)
         self.config = constructor_config(EGNN, locals())
         self.embedding = nn.Linear(1, hidden)
         self.layers = nn.ModuleList(EGNNLayer(hidden, edge_dim=1) for _ in range(n_layers))

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from invattn.checks import is_number
+
 __all__ = ["switching_function", "radius_graph", "radius_graph_dense", "check_cutoff"]
 
 # Upper bound on the [graphs, rows, columns] distance block built at once by the torch search.
@@ -45,10 +47,10 @@ def check_cutoff(cutoff: float | None, cutoff_inner: float | None) -> tuple[floa
         if cutoff_inner is not None:
             raise ValueError("cutoff_inner is set but cutoff is None (the all-pairs path has no cutoff)")
         return None
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 < cutoff < float("inf"):
+    if not is_number(cutoff, finite=True) or cutoff <= 0:
         raise ValueError(f"cutoff must be a positive number or None, got {cutoff!r}")
     inner = 0.75 * float(cutoff) if cutoff_inner is None else cutoff_inner
-    if isinstance(inner, bool) or not isinstance(inner, (int, float)) or not 0 <= inner < cutoff:
+    if not is_number(inner) or not 0 <= inner < cutoff:
         raise ValueError(f"cutoff_inner must be a number in [0, cutoff={cutoff}), got {cutoff_inner!r}")
     return float(cutoff), float(inner)
 

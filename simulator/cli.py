@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from invattn.checks import check_int
 from invattn.simulator.generate import SimulationSettings, generate, merge
 
 __all__ = ["simulate_command", "merge_command"]
@@ -45,9 +46,7 @@ def merge_command(cfg) -> int:
     if cfg.get("shard_index") is not None:
         raise ValueError("config key shard_index must be null for simulate-merge "
                          "(it merges all shards)")
-    n_shards = cfg.get("n_shards")
-    if isinstance(n_shards, bool) or not isinstance(n_shards, int):
-        raise ValueError(f"config key n_shards must be an integer, got {n_shards!r}")
+    n_shards = check_int("config key n_shards", cfg.get("n_shards"))
     merge(cfg.out, n_shards, overwrite=bool(cfg.get("overwrite", False)),
           log=lambda m: print(f"invattn simulate-merge: {m}", file=sys.stderr, flush=True))
     return 0

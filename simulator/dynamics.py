@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numba
 import numpy as np
 
+from invattn.checks import check_int, is_number
 from invattn.simulator.physics import MAX_LANES, energy_kernel, simulate_kernel
 
 __all__ = ["simulate", "energies", "NonFiniteSimulationError", "n_frames_for"]
@@ -24,8 +24,7 @@ class NonFiniteSimulationError(ValueError):
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = check_int(name, value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
@@ -51,7 +50,7 @@ def n_frames_for(n_steps: int, sample_freq: int) -> int:
 
 
 def _check_float(name: str, value, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):

@@ -8,14 +8,13 @@ every layout gives bitwise the same arrays.
 """
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 
+from invattn.checks import check_bool, check_int, is_number
 from invattn.simulator import io
 from invattn.simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
 from invattn.simulator.initial import initial_conditions
@@ -42,8 +41,7 @@ def _int(cfg: dict, key: str, minimum: int | None = None, allow_none: bool = Fal
     value = cfg[key]
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"config key {key} must be an integer, got {value!r}")
+    value = check_int(f"config key {key}", value)
     if minimum is not None and value < minimum:
         raise ValueError(f"config key {key} must be >= {minimum}, got {value}")
     return int(value)
@@ -51,7 +49,7 @@ def _int(cfg: dict, key: str, minimum: int | None = None, allow_none: bool = Fal
 
 def _float(cfg: dict, key: str, positive: bool):
     value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not is_number(value, finite=True):
         raise ValueError(f"config key {key} must be a finite number, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"config key {key} must be {'> 0' if positive else '>= 0'}, got {value}")
@@ -124,8 +122,7 @@ class SimulationSettings:
                 raise ValueError(f"config key num_threads={num_threads} exceeds the "
                                  f"{numba.config.NUMBA_NUM_THREADS} Numba threads available "
                                  f"(set NUMBA_NUM_THREADS to raise the limit)")
-        if not isinstance(cfg["overwrite"], bool):
-            raise ValueError(f"config key overwrite must be true or false, got {cfg['overwrite']!r}")
+        check_bool("config key overwrite", cfg["overwrite"])
         progress = cfg["progress"]
         if progress not in ("auto", True, False):
             raise ValueError(f"config key progress must be auto, true or false, got {progress!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.checks import check_bool
 from invattn.files import write_atomic
 
 __all__ = ["run_sweep", "results_table"]
@@ -122,9 +123,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
 
         validate_training(apply_trial_params(train_cfg, {"lr": 1.0, "subdeterminants": "all"}))
         check_space_against_model(train_cfg, space)
-    allow_failed = sweep_cfg.get("allow_failed_trials", False)
-    if not isinstance(allow_failed, bool):
-        raise ValueError(f"allow_failed_trials must be true or false, got {allow_failed!r}")
+    allow_failed = check_bool("allow_failed_trials", sweep_cfg.get("allow_failed_trials", False))
     scheduler = _scheduler(sweep_cfg, epochs)
     cpus, gpus = float(sweep_cfg.resources.cpus_per_trial), float(sweep_cfg.resources.gpus_per_trial)
     if cpus <= 0 or gpus < 0:

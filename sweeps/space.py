@@ -12,6 +12,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from ray import tune
 
+from invattn.checks import is_number
+
 __all__ = ["param_space", "apply_trial_params", "check_space_against_model"]
 
 
@@ -31,7 +33,7 @@ def _number(key: str, value, kind):
             value = float(value)
         except ValueError:
             pass
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number(value)
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.checks import check_bool, check_int
 from invattn.files import write_atomic
 from invattn.sweeps.layout import SweepLayout
 
@@ -311,8 +312,7 @@ def _check(cfg: DictConfig) -> None:
     if bad or not cfg.groups:
         raise ValueError(f"config key groups must list some of {', '.join(MODELS)}, got {list(cfg.groups)}")
     for key in ("epochs", "lr_epochs"):  # else found only after step 1's hours
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ValueError(f"config key {key} must be an integer >= 1, got {cfg[key]!r}")
+        check_int(f"config key {key}", cfg[key], 1)
     if not float(cfg.cpus_per_trial) > 0:
         raise ValueError(f"config key cpus_per_trial must be a positive number, got {cfg.cpus_per_trial!r}")
     if not cfg.seeds:
@@ -373,8 +373,7 @@ def output_paths(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
     name = Path(cfg.publish_json).stem  # e.g. nbody_table1
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.results_dir) / str(cfg.benchmark)
     targets = [(out / f"{name}.json", out / f"{name}_curves.png", out / f"{cfg.benchmark}.md")]
-    if not isinstance(cfg.publish, bool):
-        raise ValueError(f"config key publish must be true or false, got {cfg.publish!r}")
+    check_bool("config key publish", cfg.publish)
     if cfg.publish:
         targets.append((Path(cfg.publish_json), Path(cfg.publish_plot), Path(cfg.publish_markdown)))
     return targets

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.checks import check_int, is_number
 from invattn.pipeline.config import flat_keys
 from invattn.pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from invattn.pipeline.training.malloc import keep_freed_memory
@@ -93,33 +94,26 @@ def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
 
 def _validate(cfg: DictConfig) -> None:
     """Clear errors for settings that would otherwise fail deep inside training."""
-    def integer(key, minimum):
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-
     for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.eval_every"):
-        integer(key, 1)
-    integer("train.num_threads", 0)
-    integer("optim.warmup_epochs", 0)
+        check_int(key, OmegaConf.select(cfg, key), 1)
+    check_int("train.num_threads", OmegaConf.select(cfg, "train.num_threads"), 0)
+    check_int("optim.warmup_epochs", OmegaConf.select(cfg, "optim.warmup_epochs"), 0)
     for key, positive in (("optim.lr", True), ("optim.weight_decay", False)):
         value = OmegaConf.select(cfg, key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or value < 0 or (positive and value == 0):
+        if not is_number(value) or value < 0 or (positive and value == 0):
             kind = "a positive" if positive else "a non-negative"
             raise ValueError(f"{key} must be {kind} number, got {value!r}")
     # Keys some tasks lack (N-body only) are checked when present.
-    for key, minimum in (("data.max_train_sims", 1), ("data.max_test_sims", 1), ("data.val_sims", 0)):
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ValueError(f"{key} must be an integer >= {minimum}" + (" or null" if minimum else "")
-                             + f", got {value!r}")
+    for key in ("data.max_train_sims", "data.max_test_sims"):  # null: every simulation
+        check_int(key, OmegaConf.select(cfg, key, default=None), 1, null=True)
+    val_sims = OmegaConf.select(cfg, "data.val_sims", default=None)
+    if val_sims is not None:
+        check_int("data.val_sims", val_sims, 0)
     for key, allow_zero in (("train.grad_clip", False), ("train.velocity_loss_weight", True)):
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or value < 0 or (value == 0 and not allow_zero):
+        if not is_number(value) or value < 0 or (value == 0 and not allow_zero):
             kind = "a non-negative number" if allow_zero else "a positive number or null (off)"
             raise ValueError(f"{key} must be {kind}, got {value!r}")
     progress = OmegaConf.select(cfg, "train.progress", default="auto")
