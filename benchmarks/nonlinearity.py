@@ -172,7 +172,7 @@ def main() -> None:
         return
     data = Path(args.data)
     if not (data / "train.h5").is_file():
-        from invattn.pipeline.cli import main as cli
+        from invattn.cli import main as cli
 
         print(f"generating the demo dataset into {data} ...", flush=True)
         assert cli(["simulate", "preset=demo", f"out={data}"]) == 0

@@ -87,7 +87,7 @@ def bench_paper_dataset(preset: str = "paper") -> tuple[float, str]:
         cmd = [str(REPO / ".venv" / "bin" / "invattn"), "simulate", f"preset={preset}",
                f"out={tmp}/paper", "progress=false"]
         if not Path(cmd[0]).exists():
-            cmd = [sys.executable, "-m", "invattn.pipeline.cli", *cmd[1:]]
+            cmd = [sys.executable, "-m", "invattn.cli", *cmd[1:]]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         wall = time.perf_counter() - t0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import load_config
 from invattn.pipeline.training import train
 from invattn.pipeline.training.metrics_log import MetricsLog

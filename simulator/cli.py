@@ -25,7 +25,7 @@ def simulate_command(cfg) -> int:
     """Simulate the splits (or shards) the config selects; see :func:`simulator.generate.generate`.
 
     Raises ValueError (bad key or value, broken simulation) or FileExistsError (refusing to
-    replace a file); ``pipeline.cli`` prints them as one line with exit code 2.
+    replace a file); ``invattn.cli`` prints them as one line with exit code 2.
     """
     settings = SimulationSettings.from_config(cfg)
     t0 = time.perf_counter()

@@ -99,7 +99,7 @@ def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: lis
 def sweep_command(argv: list[str]) -> int:
     import sys
 
-    from invattn.pipeline.cli import run_guarded
+    from invattn.guard import run_guarded
 
     if any(a in ("-h", "--help") for a in argv):
         task = next((a.split("=", 1)[1] for a in argv if a.startswith("task=")), "nbody")

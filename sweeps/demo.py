@@ -19,7 +19,7 @@ __all__ = ["demo_command"]
 
 
 def demo_command(argv: list[str]) -> int:
-    from invattn.pipeline.cli import run_guarded
+    from invattn.guard import run_guarded
 
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 
 
 @pytest.fixture(scope="module")

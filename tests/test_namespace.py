@@ -21,7 +21,7 @@ TOP_LEVEL = ("models", "pipeline", "simulator", "sweeps")
 PROBE = textwrap.dedent("""
     import sys
     import models                                  # the user's package, from the current directory
-    import invattn.models.attention, invattn.pipeline.cli, invattn.sweeps.cli, invattn.simulator.cli
+    import invattn.models.attention, invattn.cli, invattn.sweeps.cli, invattn.simulator.cli
     from invattn.pipeline.config import config_dir
     assert models.MARKER == "user", models.__file__
     bare = sorted(m for m in sys.modules if m.split(".")[0] in {top!r} and m != "models")
@@ -71,7 +71,7 @@ def test_built_wheel_runs_from_its_own_files(tmp_path):
                     "-w", str(wheels), str(REPO)], check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("invattn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("invattn/models/attention.py", "invattn/pipeline/cli.py", "invattn/configs/train_nbody.yaml",
+    for expected in ("invattn/models/attention.py", "invattn/cli.py", "invattn/configs/train_nbody.yaml",
                      "invattn/configs/sweep/demo.yaml", "invattn/pipeline/qm9/uncharacterized_ids.txt"):
         assert expected in names, expected
     assert not [n for n in names if n.split("/")[0] in TOP_LEVEL], "a bare top-level package in the wheel"
@@ -85,7 +85,7 @@ def test_built_wheel_runs_from_its_own_files(tmp_path):
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert str(site) in proc.stdout, proc.stdout
-    demo = subprocess.run([sys.executable, "-c", isolate + "from invattn.pipeline.cli import main; "
+    demo = subprocess.run([sys.executable, "-c", isolate + "from invattn.cli import main; "
                            "sys.argv = ['invattn', 'demo', '--help']; sys.exit(main())"],
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -55,7 +55,7 @@ def test_every_readme_command_passes_the_config_checks():
     """Every ``invattn`` line of the README names known keys with values of the right type."""
     import shlex
 
-    from invattn.pipeline.cli import COMMANDS, command_config
+    from invattn.cli import COMMANDS, command_config
     from invattn.pipeline.config import load_config
     from invattn.sweeps.cli import load_sweep_configs
 
@@ -167,7 +167,7 @@ def reuse_environment(clone: Path) -> None:
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "_invattn_reuse.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{clone}\n")
     script = venv / "bin" / "invattn"
-    script.write_text(f"#!{python}\nimport sys\nfrom pipeline.cli import main\nsys.exit(main())\n")
+    script.write_text(f"#!{python}\nimport sys\nfrom invattn.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
     stamp = venv / ".installed"
     stamp.touch()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import load_config
 from invattn.pipeline.qm9 import read_processed
 from invattn.pipeline.qm9.bonds import canonical_smiles, perceive_bonds, perceived_smiles
@@ -73,7 +73,7 @@ def csv_out(tmp_path_factory):
     (spawned workers re-import __main__: this is the entry-point guard in real use)."""
     out = tmp_path_factory.mktemp("qm9_csv")
     exe = Path(sys.executable).with_name("invattn")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "invattn.pipeline.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "invattn.cli"]
     proc = subprocess.run(cmd + ["preprocess-qm9", f"source={CSV}", f"out={out}", "shard_size=100",
                                  "local.n_workers=2", "local.processes=true", "progress=false"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)

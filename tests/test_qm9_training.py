@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import load_config
 from invattn.pipeline.training import train
 from invattn.pipeline.training.checkpoint import load_checkpoint

@@ -20,7 +20,7 @@ def _reproduce(cwd: Path, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(cwd / "home")
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "invattn.pipeline.cli", "reproduce-nbody-egnn", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "invattn.cli", "reproduce-nbody-egnn", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from invattn.pipeline.cli import main as cli, run_guarded
+from invattn.cli import main as cli
+from invattn.guard import run_guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def test_interrupt_says_how_to_continue(capsys):
 
 def test_help_into_a_closed_pipe_has_no_traceback():
     # `invattn train --help | head -1`: the reader goes away before the keys are printed.
-    proc = subprocess.Popen([sys.executable, "-m", "invattn.pipeline.cli", "train", "--help"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "invattn.cli", "train", "--help"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()

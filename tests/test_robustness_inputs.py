@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import ConfigError, config_dir, key_types, load_config
 
 QM9_CSV = "tests/data/qm9/qm9pack_sample_500.csv"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.qm9.reader import load_manifest
 
 DATA = Path(__file__).resolve().parent / "data" / "qm9"

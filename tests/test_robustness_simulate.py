@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.simulator.generate import shard_name
 from invattn.simulator.io import read_trajectories
 from tinyfs import run_on_tiny_fs
@@ -69,7 +69,7 @@ def test_blocks_beyond_the_available_memory_are_refused_up_front(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (3 << 29, resource.RLIM_INFINITY))
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         sys.exit(main(["simulate", "out={out}", "n_bodies=20000", "n_train=40", "n_test=0",
                        "block_size=40", "n_steps=5000", "sample_freq=100", "progress=false"]))
     """)
@@ -87,7 +87,7 @@ def test_full_disk_half_way_keeps_the_finished_file(tmp_path):
     mnt = tmp_path / "mnt"
     script = textwrap.dedent(f"""
         import contextlib, io, json, os, sys
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         from invattn.simulator.io import read_trajectories
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -114,7 +114,7 @@ def test_file_size_limit_half_way_is_one_line_and_keeps_the_finished_file(tmp_pa
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run([sys.executable, "-m", "invattn.pipeline.cli", "simulate", f"out={out}", "n_train=100",
+    proc = subprocess.run([sys.executable, "-m", "invattn.cli", "simulate", f"out={out}", "n_train=100",
                            "n_test=300", "block_size=50", "progress=false"],
                           capture_output=True, text=True, cwd=REPO, preexec_fn=limited, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
@@ -130,7 +130,7 @@ def test_full_disk_during_a_merge_is_one_line_and_keeps_the_shards(tmp_path):
     mnt = tmp_path / "mnt"
     script = textwrap.dedent(f"""
         import contextlib, io, json, os
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         from invattn.simulator.io import read_trajectories
         with contextlib.redirect_stderr(io.StringIO()):
             first = main(["simulate", "out={mnt}/o", "n_train=6", "n_test=4", "n_shards=2", "n_steps=300",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = ["train.epochs=2", "train.batch_size=32", "train.num_threads=1", "data.max_test_sims=32",
@@ -105,7 +105,7 @@ def _sweep(home: Path, results: Path, *extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "invattn.pipeline.cli", "sweep", "name=mixed", f"results_dir={results}",
+        [sys.executable, "-m", "invattn.cli", "sweep", "name=mixed", f"results_dir={results}",
          "ray.num_cpus=2", "ray.dashboard=false", *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

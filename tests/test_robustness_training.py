@@ -18,7 +18,7 @@ TINY = ["train.batch_size=16", "train.num_threads=1", "model.group=E3", "train.t
 
 
 def _train_argv(data, run_dir, *extra):
-    return [sys.executable, "-m", "invattn.pipeline.cli", "train", f"data.dir={data}", f"run_dir={run_dir}",
+    return [sys.executable, "-m", "invattn.cli", "train", f"data.dir={data}", f"run_dir={run_dir}",
             *TINY, *extra]
 
 
@@ -60,7 +60,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(nb
     mnt = tmp_path / "mnt"
     script = textwrap.dedent(f"""
         import contextlib, io, json, os
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         from invattn.pipeline.training.checkpoint import load_checkpoint
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -84,7 +84,7 @@ def test_full_disk_before_the_first_epoch_names_the_file(nbody_tiny, tmp_path):
     mnt = tmp_path / "mnt"
     script = textwrap.dedent(f"""
         import contextlib, io, json, os
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             rc = main(["train", "data.dir={nbody_tiny}", "run_dir={mnt}/run", "train.epochs=1", *{TINY!r}])
@@ -98,7 +98,7 @@ def test_full_disk_before_the_first_epoch_names_the_file(nbody_tiny, tmp_path):
 
 
 def test_refused_model_setting_leaves_no_run_dir_and_keeps_an_existing_one(nbody_tiny, tmp_path, capsys):
-    from invattn.pipeline.cli import main
+    from invattn.cli import main
 
     # model.heads must divide the channels: the refusal comes before run_dir is created.
     fresh = tmp_path / "fresh" / "run"

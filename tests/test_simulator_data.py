@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import invattn.simulator.generate as gen
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import config_dir, load_config
 from invattn.simulator import initial_conditions, simulate
 from invattn.simulator.generate import SimulationSettings, generate, merge, shard_name
@@ -97,7 +97,7 @@ def test_seeds_reproducible_and_distinct():
 def test_same_arrays_with_one_numba_thread_in_another_process(single, tmp_path):
     code = textwrap.dedent(f"""
         import numba
-        from invattn.pipeline.cli import main
+        from invattn.cli import main
         assert numba.get_num_threads() == 1
         raise SystemExit(main(["simulate", "out={tmp_path}", *{TINY!r}, "progress=false"]))
     """)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.sweeps.slurm_wait import wait_job
 
 ROOT = Path(__file__).resolve().parents[1]

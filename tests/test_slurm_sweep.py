@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.sweeps import slurm_wait, submitit_launcher
 from invattn.sweeps.cli import can_resume_main, load_sweep_configs
 from invattn.sweeps.layout import SweepLayout

@@ -10,7 +10,7 @@ import torch
 
 from invattn.models import build_model
 from invattn.models.graph import radius_graph_dense
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import load_config
 from invattn.pipeline.nbody.dataset import NBodyWindows
 from invattn.pipeline.qm9.dataset import collate_qm9

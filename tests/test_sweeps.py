@@ -85,7 +85,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(nbody_tiny, t
 
     ctx, _ = ray_local
     address = ray.get_runtime_context().gcs_address
-    args = [sys.executable, "-m", "invattn.pipeline.cli", "sweep", f"ray.address={address}",
+    args = [sys.executable, "-m", "invattn.cli", "sweep", f"ray.address={address}",
             "name=cut", f"results_dir={tmp_path}", f"data.dir={nbody_tiny}", "verbose=0",
             "search.lr=[1e-3,2e-3,3e-3]", "max_concurrent_trials=1", *TRAIN]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

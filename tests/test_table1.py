@@ -113,7 +113,7 @@ def test_learning_rates_are_chosen_on_validation_not_test():
 ])
 def test_reproduction_settings_fail_in_one_line_before_any_work(command, args, words, tmp_path, capsys,
                                                                  monkeypatch):
-    from invattn.pipeline.cli import main as cli
+    from invattn.cli import main as cli
 
     monkeypatch.chdir(tmp_path)
     assert cli([command, *args]) == 2

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import ConfigError, load_config
 from invattn.pipeline.training import train
 from invattn.pipeline.training.checkpoint import load_checkpoint

@@ -3,6 +3,9 @@
 Each command is a function ``run(cfg: DictConfig) -> int | None`` in some module, loaded
 lazily so that ``invattn simulate`` does not import torch or Ray.  To add a command, add a
 row to :data:`COMMANDS`.
+
+This dispatcher sits at the top of the package: it names every command module, and none of
+them imports it back (they share :func:`invattn.guard.run_guarded` instead).
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import importlib
 import os
 import sys
 
-from invattn.pipeline.config import ConfigError, describe_keys, load_config
+from invattn.guard import run_guarded
+from invattn.pipeline.config import describe_keys, load_config
 
 # name -> (config name, "module:function", one-line summary).  A config name "{task}" is the
 # registered task's config (pipeline.training.task), chosen by a task=... override (default nbody).  A config name of None hands
@@ -35,13 +39,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                              "the EGNN paper's N-body benchmark (frame 30 -> 40): E3, SE3 and EGNN"),
     "demo": (None, "invattn.sweeps.demo:demo_command",
              "the newcomer demo: small N-body dataset, small local sweep, results table"),
-}
-
-# What an interrupted command leaves behind and how to continue (printed after Ctrl-C).
-_ON_INTERRUPT = {
-    "train": "the last checkpoint is kept; run the same command again to resume",
-    "preprocess-qm9": "finished shards are kept; run the same command again to resume",
-    "sweep": "run it again with resume=true to continue the sweep",
 }
 
 
@@ -105,26 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     return run_guarded(
         name, lambda: getattr(importlib.import_module(module), func)(load_config(config_name, args)))
-
-
-def run_guarded(name: str, body) -> int:
-    """Run a command body; user errors become one clear line on stderr and exit code 2.
-
-    Set ``INVATTN_DEBUG=1`` to get the full traceback instead.
-    """
-    debug = os.environ.get("INVATTN_DEBUG") == "1"
-    try:
-        return int(body() or 0)
-    except (ConfigError, ValueError, KeyError, OSError) as exc:  # OSError: files, connections, timeouts
-        if debug:
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"invattn {name}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        hint = f" ({_ON_INTERRUPT[name]})" if name in _ON_INTERRUPT else ""
-        print(f"invattn {name}: interrupted{hint}", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
