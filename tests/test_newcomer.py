@@ -155,8 +155,9 @@ def reuse_environment(clone: Path) -> None:
 
     A real ``make install`` takes minutes (torch, Ray, ...); CI already runs it.  The clone's
     venv sees this environment's site-packages through a ``.pth`` line (which does not load
-    this checkout's editable install) plus the clone itself, and ``invattn`` is its console
-    script, so everything runs the clone's code.  ``.installed`` is stamped after
+    this checkout's editable install), a copy of the editable-install finder that maps
+    ``invattn.*`` onto the clone's folders, and ``invattn`` is its console script, so everything
+    runs the clone's code.  ``.installed`` is stamped after
     ``pyproject.toml``, so make finds the install up to date (checked before ``make demo``).
     """
     venv = clone / ".venv"
@@ -165,7 +166,13 @@ def reuse_environment(clone: Path) -> None:
     python = venv / "bin" / "python"
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "_invattn_reuse.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{clone}\n")
+    Path(site, "_invattn_reuse.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n")
+    # The clone's code under the ``invattn`` namespace: this environment's editable-install finder
+    # (setuptools writes it from pyproject's package-dir mapping), pointed at the clone.
+    finder = next(Path(sysconfig.get_paths()["purelib"]).glob("__editable___invattn_*_finder.py"), None)
+    assert finder is not None, "run the tests from the editable install (make install)"
+    Path(site, finder.name).write_text(finder.read_text().replace(str(REPO), str(clone)))
+    Path(site, "__editable__.invattn.pth").write_text(f"import {finder.stem}; {finder.stem}.install()\n")
     script = venv / "bin" / "invattn"
     script.write_text(f"#!{python}\nimport sys\nfrom invattn.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
