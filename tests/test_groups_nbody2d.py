@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from invattn.pipeline.cli import GROUPS_HELP
-from invattn.pipeline.cli import main as cli
+from invattn.cli import GROUPS_HELP
+from invattn.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["train.num_threads=1", "train.progress=false", "train.tensorboard=false"]
@@ -61,7 +61,7 @@ def test_2d_sweep_over_e2_and_se2(nbody_2d, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "invattn.pipeline.cli", "sweep", "name=g2d", f"results_dir={tmp_path / 'results'}",
+        [sys.executable, "-m", "invattn.cli", "sweep", "name=g2d", f"results_dir={tmp_path / 'results'}",
          f"data.dir={nbody_2d}", "ray.num_cpus=2", "ray.dashboard=false", "train.epochs=1",
          "train.batch_size=32", "train.num_threads=1", "verbose=0", "search.groups=[E2,SE2]", "search.lr=[1e-3]"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
