@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from invattn.models.registry import MODELS, build_model, constructor_config, register_model
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.config import load_config
 from invattn.pipeline.training import train
 from invattn.pipeline.training.checkpoint import load_checkpoint
