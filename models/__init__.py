@@ -11,7 +11,8 @@ Public API
 - Building blocks: :class:`Features` / :class:`FeatureShape` (vectors ``[.., T, 3]`` + scalars
   ``[.., L]``), :class:`EquivariantMap` (Phi, eq. 4-8), :class:`EquivariantAttention`
   (eq. 1-3, 9-12), :class:`GatedNonlinearity`, :class:`EquivariantTransformer` (the stack).
-- Invariants: :func:`gram_upper`, :func:`subdeterminants`, :func:`cross_products`.
+- Invariants: :func:`gram_upper`, :func:`subdeterminants`, :func:`cross_products`;
+  :class:`Sampling` (``"all"`` or ``k`` of them, paper "Scalability"), parsed once per model.
 - Sparse path (``cutoff=``): :class:`SparseEquivariantAttention` (edge lists, torch_geometric
   ``Data``/``Batch`` via ``forward_data``), :class:`SparseEquivariantTransformer`,
   :func:`radius_graph`, :func:`switching_function`.
@@ -29,6 +30,7 @@ from invattn.models.neighbour_invariants import NeighbourInvariants, PairInputs
 from invattn.models.nonlinearity import GatedNonlinearity, NormNonlinearity
 from invattn.models.qm9 import QM9Model
 from invattn.models.registry import MODELS, build_model
+from invattn.models.sampling import Sampling
 from invattn.models.sparse_attention import SparseEquivariantAttention
 from invattn.models.sparse_backbone import SparseEquivariantTransformer
 
@@ -38,6 +40,6 @@ __all__ = [
     "EquivariantTransformer", "NeighbourInvariants", "PairInputs", "GatedNonlinearity",
     "NormNonlinearity",
     "masked_softmax", "parse_group", "Group", "GROUP_NAMES",
-    "gram_upper", "subdeterminants", "cross_products", "choose_combinations",
+    "gram_upper", "subdeterminants", "cross_products", "choose_combinations", "Sampling",
     "SparseEquivariantAttention", "SparseEquivariantTransformer", "radius_graph", "switching_function",
 ]

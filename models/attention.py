@@ -28,6 +28,7 @@ from invattn.models.equivariant_map import CoefficientMLP, EquivariantMap
 from invattn.models.features import Features, FeatureShape
 from invattn.models.groups import parse_group
 from invattn.models.neighbour_invariants import NeighbourInvariants, PairInputs
+from invattn.models.sampling import Sampling
 
 __all__ = ["EquivariantAttention", "masked_softmax"]
 
@@ -78,9 +79,10 @@ class EquivariantAttention(nn.Module):
         Any name of :func:`~models.groups.parse_group` (``"SE3"``, ``"E2"``, ``"SO+(1,3)"``, ..);
         vectors are ``d``-dimensional (3 below). Under a Lorentz group the logits pair query and key
         vectors through the Minkowski form (the plain dot product is not invariant there).
-    subdeterminants, cross_products : "all" or int, or a dict ``{"q": .., "kv": ..}``
-        Sampling option per Phi (see :class:`EquivariantMap`); a dict gives the query map and the
-        key/value maps different options (they have ``T`` and ``T + 1`` input vectors). The key
+    subdeterminants, cross_products : Sampling, "all" or int
+        Sampling option of every Phi (see :class:`EquivariantMap`), passed unchanged to the query
+        map (``T`` input vectors) and the key/value maps (``T + 1``); a model's
+        :class:`~models.sampling.Sampling` keeps all sets of a map with at most ``k``. The key
         and value maps read the same input, so they share one subset (drawn once per layer)
         and its invariants are computed once for both.
     generator : torch.Generator, optional
@@ -114,7 +116,7 @@ class EquivariantAttention(nn.Module):
 
     def __init__(self, in_shape: FeatureShape, out_shape: FeatureShape, edge_dim: int, heads: int,
                  query_shape: FeatureShape, hidden: int, group: str = "SE3",
-                 subdeterminants: int | str | dict = "all", cross_products: int | str | dict = "all",
+                 subdeterminants: Sampling | int | str = "all", cross_products: Sampling | int | str = "all",
                  generator: torch.Generator | None = None):
         super().__init__()
         in_shape, out_shape, query_shape = (FeatureShape(*s) for s in (in_shape, out_shape, query_shape))
@@ -128,13 +130,10 @@ class EquivariantAttention(nn.Module):
         self.edge_dim, self.heads = edge_dim, heads
         self.group = parse_group(group)
 
-        def option(value, key):
-            return value[key] if isinstance(value, dict) else value
-
-        self.query = EquivariantMap(in_shape, query_shape, hidden, group, option(subdeterminants, "q"),
-                                    option(cross_products, "q"), generator)  # eq. 1
-        self.neighbours = NeighbourInvariants(in_shape, edge_dim, group, option(subdeterminants, "kv"),
-                                              option(cross_products, "kv"), generator)
+        self.query = EquivariantMap(in_shape, query_shape, hidden, group, subdeterminants,
+                                    cross_products, generator)  # eq. 1
+        self.neighbours = NeighbourInvariants(in_shape, edge_dim, group, subdeterminants,
+                                              cross_products, generator)
         n_inv, n_basis = self.neighbours.n_invariants, self.neighbours.n_basis
         self.key = CoefficientMLP(n_inv, hidden, query_shape.vectors * n_basis + query_shape.scalars)  # eq. 2
         self.value = CoefficientMLP(n_inv, hidden, out_shape.vectors * n_basis + out_shape.scalars)  # eq. 3

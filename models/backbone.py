@@ -14,8 +14,9 @@ from invattn.checks import check_int
 from invattn.models.attention import EquivariantAttention
 from invattn.models.features import Features, FeatureShape
 from invattn.models.groups import parse_group
-from invattn.models.invariants import clamp_subset_option, n_combinations, resolve_subset_size
+from invattn.models.invariants import n_combinations
 from invattn.models.nonlinearity import GatedNonlinearity
+from invattn.models.sampling import Sampling
 
 __all__ = ["EquivariantTransformer", "validate_sampling"]
 
@@ -32,9 +33,11 @@ def validate_sizes(**sizes: int) -> None:
         check_int(name, value, 1)
 
 
-def validate_sampling(subdeterminants: int | str, cross_products: int | str,
-                      hidden_vectors: int, dim: int = 3) -> None:
-    """Check model-wide sampling options against the largest map (``T + 1`` key/value vectors).
+def validate_sampling(subdeterminants: Sampling | int | str, cross_products: Sampling | int | str,
+                      hidden_vectors: int, dim: int = 3) -> tuple[Sampling, Sampling]:
+    """Parse the model-wide sampling options once and check them against the largest map
+    (``T + 1`` key/value vectors); returns ``(subdeterminants, cross_products)`` as
+    :class:`~models.sampling.Sampling`, which the model hands unchanged to every map.
 
     The options are validated for the E(3) variant too (where they are then unused), so a
     config that is wrong for one variant is wrong for both.
@@ -48,18 +51,12 @@ def validate_sampling(subdeterminants: int | str, cross_products: int | str,
         ``[1, C(T+1, d-1)]`` (cross products).
     """
     t = hidden_vectors + 1
-    sets = "triples" if dim == 3 else f"{dim}-sets"
-    resolve_subset_size(subdeterminants, n_combinations(t, dim),
-                        f"subdeterminants (C({t},{dim}) {sets} for {hidden_vectors} vector channels + 1)")
-    sets = "pairs" if dim == 3 else f"{dim - 1}-sets"
-    resolve_subset_size(cross_products, n_combinations(t, dim - 1),
-                        f"cross_products (C({t},{dim - 1}) {sets} for {hidden_vectors} vector channels + 1)")
-
-
-def sampling_for(option: int | str, vectors: int, r: int) -> int | str:
-    """Model-wide option clamped for a map with ``vectors`` input vectors (r = d for
-    subdeterminants, d - 1 for cross products: 3 triples, 2 pairs in 3D)."""
-    return clamp_subset_option(option, n_combinations(vectors, r))
+    parsed = []
+    for name, option, r in (("subdeterminants", subdeterminants, dim), ("cross_products", cross_products, dim - 1)):
+        sets = ("triples" if r == 3 else "pairs") if dim == 3 else f"{r}-sets"
+        what = f"{name} (C({t},{r}) {sets} for {hidden_vectors} vector channels + 1)"
+        parsed.append(Sampling.parse(option, what).check(n_combinations(t, r), what))
+    return parsed[0], parsed[1]
 
 
 class EquivariantTransformer(nn.Module):
@@ -80,8 +77,9 @@ class EquivariantTransformer(nn.Module):
         Width of every Phi's MLP.
     group : str or Group
         Any name of :func:`~models.groups.parse_group`; vectors are ``d``-dimensional (3 below).
-    subdeterminants, cross_products : "all" or int
-        Model-wide sampling options, clamped per map (see :func:`sampling_for`).
+    subdeterminants, cross_products : Sampling, "all" or int
+        Model-wide sampling options, passed unchanged to every attention layer; a map with at
+        most ``k`` index sets keeps them all (:meth:`~models.sampling.Sampling.size`).
     generator : torch.Generator, optional
 
     Shapes
@@ -94,8 +92,8 @@ class EquivariantTransformer(nn.Module):
 
     def __init__(self, in_shape: FeatureShape, hidden_shape: FeatureShape, edge_dim: int,
                  n_layers: int, heads: int, query_shape: FeatureShape, mlp_hidden: int,
-                 group: str, subdeterminants: int | str = "all", cross_products: int | str = "all",
-                 generator: torch.Generator | None = None):
+                 group: str, subdeterminants: Sampling | int | str = "all",
+                 cross_products: Sampling | int | str = "all", generator: torch.Generator | None = None):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -103,15 +101,9 @@ class EquivariantTransformer(nn.Module):
         self.norms = nn.ModuleList()
         shape = FeatureShape(*in_shape)
         group = parse_group(group)
-        d = group.dim
+        options = {"subdeterminants": Sampling.parse(subdeterminants, "subdeterminants"),
+                   "cross_products": Sampling.parse(cross_products, "cross_products")}
         for index in range(n_layers):
-            t = shape.vectors
-            options = {
-                "subdeterminants": {"q": sampling_for(subdeterminants, t, d),
-                                    "kv": sampling_for(subdeterminants, t + 1, d)},
-                "cross_products": {"q": sampling_for(cross_products, t, d - 1),
-                                   "kv": sampling_for(cross_products, t + 1, d - 1)},
-            }
             self.layers.append(self.attention_class(shape, hidden_shape, edge_dim, heads, query_shape,
                                                     mlp_hidden, group, generator=generator, **options))
             # Layer 0 changes the channel count, so it has no residual and no pre-norm.

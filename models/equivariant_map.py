@@ -26,6 +26,7 @@ from invattn.models.invariants import (
     gram_upper_index,
     subdeterminants,
 )
+from invattn.models.sampling import Sampling
 
 __all__ = ["GROUPS", "GROUP_NAMES", "Group", "parse_group", "CoefficientMLP", "EquivariantMap"]
 
@@ -81,8 +82,9 @@ class EquivariantMap(nn.Module):
         A name of :func:`~models.groups.parse_group` (``"SE3"``, ``"E3"``, ``"E2"``, ``"SO+(1,3)"``..).
         A special group (``"SE3"``) adds the ``C(T,d)`` subdeterminants to the invariants and
         the ``C(T,d-1)`` (generalised) cross products to the vectors that are combined.
-    subdeterminants, cross_products : "all" or int
-        Keep all index sets, or a fixed random subset of ``k`` (paper "Scalability").
+    subdeterminants, cross_products : Sampling, "all" or int
+        Keep all index sets, or a fixed random subset of ``k`` (paper "Scalability"; see
+        :func:`~models.invariants.choose_combinations`: a model's Sampling keeps all of at most ``k``).
         The subsets are persistent buffers (``triples`` ``[k, d]``, ``cross_pairs`` ``[k, d-1]``;
         named after the 3D case), so a checkpoint restores them. Ignored for non-special groups.
     generator : torch.Generator, optional
@@ -111,8 +113,8 @@ class EquivariantMap(nn.Module):
     """
 
     def __init__(self, in_shape: FeatureShape, out_shape: FeatureShape, hidden: int,
-                 group: str = "SE3", subdeterminants: int | str = "all",
-                 cross_products: int | str = "all", generator: torch.Generator | None = None):
+                 group: str = "SE3", subdeterminants: Sampling | int | str = "all",
+                 cross_products: Sampling | int | str = "all", generator: torch.Generator | None = None):
         super().__init__()
         self.in_shape = FeatureShape(*in_shape)
         self.out_shape = FeatureShape(*out_shape)

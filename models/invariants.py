@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from invattn.models.groups import Group, cofactor, determinant
+from invattn.models.sampling import Sampling
 
 __all__ = [
     "combinations_index",
@@ -30,7 +31,6 @@ __all__ = [
     "subdeterminants",
     "cross_products",
     "n_combinations",
-    "clamp_subset_option",
 ]
 
 
@@ -50,13 +50,13 @@ def combinations_index(n: int, r: int) -> Tensor:
     return torch.tensor(combos, dtype=torch.long).reshape(len(combos), r)
 
 
-def resolve_subset_size(option: int | str, total: int, what: str) -> int:
-    """Validate a sampling option (``"all"`` or a positive int ``<= total``) and return the count.
+def resolve_subset_size(option, total: int, what: str) -> int:
+    """How many of ``total`` index sets ``option`` keeps, refusing a count above ``total``.
 
     Parameters
     ----------
-    option : "all" or int
-        ``"all"`` keeps every combination; an int ``k`` keeps ``k`` of them.
+    option : Sampling, "all" or int
+        Parsed by :meth:`~models.sampling.Sampling.parse`.
     total : int
         Number of combinations available.
     what : str
@@ -67,19 +67,10 @@ def resolve_subset_size(option: int | str, total: int, what: str) -> int:
     ValueError
         If ``option`` is neither ``"all"`` nor an int in ``[1, total]``.
     """
-    if isinstance(option, str):
-        if option.strip().lower() == "all":
-            return total
-        raise ValueError(f"{what} must be 'all' or a positive integer, got {option!r}")
-    if isinstance(option, bool) or not isinstance(option, int):
-        raise ValueError(f"{what} must be 'all' or a positive integer, got {option!r}")
-    if not 1 <= option <= total:
-        raise ValueError(f"{what}={option} is out of range: choose 1..{total} "
-                         f"(there are {total} to sample from) or 'all'")
-    return option
+    return Sampling.parse(option, what).check(total, what).size(total)
 
 
-def choose_combinations(n: int, r: int, option: int | str = "all",
+def choose_combinations(n: int, r: int, option: Sampling | int | str = "all",
                         generator: torch.Generator | None = None) -> Tensor:
     """All, or a random subset of ``k``, of the ``r``-subsets of ``range(n)`` (paper "Scalability").
 
@@ -90,8 +81,10 @@ def choose_combinations(n: int, r: int, option: int | str = "all",
     ----------
     n, r : int
         Set size and subset size.
-    option : "all" or int
-        How many subsets to keep (validated by :func:`resolve_subset_size`).
+    option : Sampling, "all" or int
+        How many subsets to keep.  A model's :class:`~models.sampling.Sampling` (checked against
+        its largest map) keeps ``min(k, C(n, r))``; a plain ``"all"`` / int is checked here
+        (:func:`resolve_subset_size`: ``k`` above ``C(n, r)`` is an error).
     generator : torch.Generator, optional
         Source of randomness (CPU generator); ``None`` uses torch's global RNG.
 
@@ -103,7 +96,8 @@ def choose_combinations(n: int, r: int, option: int | str = "all",
     total = everything.shape[0]
     if total == 0:
         return everything
-    k = resolve_subset_size(option, total, f"subset of C({n},{r})")
+    what = f"subset of C({n},{r})"
+    k = option.size(total) if isinstance(option, Sampling) else resolve_subset_size(option, total, what)
     if k == total:
         return everything
     keep = torch.randperm(total, generator=generator)[:k].sort().values
@@ -202,15 +196,3 @@ def cross_products(vectors: Tensor, pairs: Tensor, group: Group | None = None) -
 def n_combinations(n: int, r: int) -> int:
     """``C(n, r)`` (0 when ``n < r``)."""
     return math.comb(n, r) if n >= r else 0
-
-
-def clamp_subset_option(option: int | str, total: int) -> int | str:
-    """Per-map sampling option from a model-wide one: ``k`` becomes ``min(k, total)``.
-
-    A model's maps see different numbers of vectors (``T`` for queries, ``T + 1`` for keys and
-    values), so a model-wide ``k`` is validated against the largest count and then clamped per
-    map; a map with at most ``k`` combinations keeps all of them.
-    """
-    if isinstance(option, str) or total == 0:
-        return option if isinstance(option, str) else "all"
-    return min(option, total)

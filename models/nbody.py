@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from invattn.models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
+from invattn.models.backbone import EquivariantTransformer, validate_sampling, validate_sizes
 from invattn.models.equivariant_map import EquivariantMap
 from invattn.models.groups import parse_group
 from invattn.models.features import Features, FeatureShape
@@ -47,10 +47,11 @@ class NBodyModel(nn.Module):
         Query/key channels per layer (flattened dim ``3 * query_vectors + query_scalars``).
     mlp_hidden : int
         Width of every Phi's MLP ``g``.
-    subdeterminants, cross_products : "all" or int
-        Keep all, or a fixed random subset of ``k`` triples / pairs in every Phi (clamped to what a
-        map has); ``1 <= k <= C(vectors + 1, 3)`` resp. ``C(vectors + 1, 2)`` (``d``-D: ``d`` and
-        ``d - 1`` in place of 3 and 2).
+    subdeterminants, cross_products : "all" or int (or a :class:`~models.sampling.Sampling`)
+        Keep all, or a fixed random subset of ``k`` triples / pairs in every Phi (a map with at most
+        ``k`` keeps all); ``1 <= k <= C(vectors + 1, 3)`` resp. ``C(vectors + 1, 2)`` (``d``-D: ``d``
+        and ``d - 1`` in place of 3 and 2).  Parsed and checked once here, then passed unchanged
+        to every map.
     sampling_seed : int
         Seed of those subsets; they are buffers, so a loaded checkpoint brings its own.
     cutoff : float or None
@@ -98,7 +99,7 @@ class NBodyModel(nn.Module):
                        query_vectors=query_vectors, query_scalars=query_scalars,
                        mlp_hidden=mlp_hidden)
         d = self.group.dim
-        validate_sampling(subdeterminants, cross_products, vectors, d)
+        subdeterminants, cross_products = validate_sampling(subdeterminants, cross_products, vectors, d)
         generator = torch.Generator().manual_seed(int(sampling_seed))
         hidden = FeatureShape(vectors, scalars)
         stack = EquivariantTransformer if self.cutoff is None else SparseEquivariantTransformer
@@ -109,8 +110,7 @@ class NBodyModel(nn.Module):
             cross_products=cross_products, generator=generator)
         # Node-wise Phi to the two output vectors (displacement, velocity change).
         self.head = EquivariantMap(hidden, FeatureShape(2, 0), mlp_hidden, self.group,
-                                   sampling_for(subdeterminants, vectors, d),
-                                   sampling_for(cross_products, vectors, d - 1), generator)
+                                   subdeterminants, cross_products, generator)
 
     def forward(self, positions: Tensor, velocities: Tensor, charges: Tensor,
                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

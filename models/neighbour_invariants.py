@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from invattn.models.features import Features, FeatureShape
 from invattn.models.groups import cofactor, determinant, parse_group
 from invattn.models.invariants import choose_combinations, gram_upper, gram_upper_index
+from invattn.models.sampling import Sampling
 
 __all__ = ["PairInputs", "NeighbourInvariants"]
 
@@ -78,7 +79,7 @@ class NeighbourInvariants(nn.Module):
         Edge scalars ``E``.
     group : str or Group
         Any name of :func:`~models.groups.parse_group` (default ``"SE3"``).
-    subdeterminants, cross_products : "all" or int
+    subdeterminants, cross_products : Sampling, "all" or int
         Sampling over the ``C(T+1, d)`` triples / ``C(T+1, d-1)`` pairs (3D names; see
         :func:`~models.invariants.choose_combinations`).
     generator : torch.Generator, optional
@@ -90,7 +91,7 @@ class NeighbourInvariants(nn.Module):
     """
 
     def __init__(self, node_shape: FeatureShape, edge_dim: int, group: str = "SE3",
-                 subdeterminants: int | str = "all", cross_products: int | str = "all",
+                 subdeterminants: Sampling | int | str = "all", cross_products: Sampling | int | str = "all",
                  generator: torch.Generator | None = None):
         super().__init__()
         self.node_shape = FeatureShape(*node_shape)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from invattn.models.backbone import EquivariantTransformer, sampling_for, validate_sampling, validate_sizes
+from invattn.models.backbone import EquivariantTransformer, validate_sampling, validate_sizes
 from invattn.models.equivariant_map import EquivariantMap
 from invattn.models.groups import parse_group
 from invattn.models.features import Features, FeatureShape
@@ -53,7 +53,7 @@ class QM9Model(nn.Module):
         Invariant scalars per atom before pooling, and width of the final MLP.
     pooling : {"sum", "mean"}
         Sum (paper; extensive properties) or mean (intensive ones such as HOMO/LUMO/gap) over atoms.
-    subdeterminants, cross_products : "all" or int
+    subdeterminants, cross_products : "all" or int (or a :class:`~models.sampling.Sampling`)
         Sampling of triples / cross products per Phi (see :class:`~models.nbody.NBodyModel`).
     sampling_seed : int
         Seed of the sampled subsets (buffers; restored from checkpoints).
@@ -103,7 +103,7 @@ class QM9Model(nn.Module):
         validate_sizes(n_layers=n_layers, vectors=vectors, scalars=scalars, heads=heads,
                        query_vectors=query_vectors, query_scalars=query_scalars,
                        mlp_hidden=mlp_hidden, readout=readout)
-        validate_sampling(subdeterminants, cross_products, vectors)
+        subdeterminants, cross_products = validate_sampling(subdeterminants, cross_products, vectors)
         generator = torch.Generator().manual_seed(int(sampling_seed))
         hidden = FeatureShape(vectors, scalars)
         table = torch.full((max(ELEMENTS) + 1,), -1, dtype=torch.long)
@@ -117,8 +117,7 @@ class QM9Model(nn.Module):
             mlp_hidden=mlp_hidden, group=self.group, subdeterminants=subdeterminants,
             cross_products=cross_products, generator=generator)
         self.readout = EquivariantMap(hidden, FeatureShape(0, readout), mlp_hidden, self.group,
-                                      sampling_for(subdeterminants, vectors, 3),
-                                      sampling_for(cross_products, vectors, 2), generator)
+                                      subdeterminants, cross_products, generator)
         self.head = nn.Sequential(nn.Linear(readout, readout), nn.ReLU(), nn.Linear(readout, 1))
 
     def node_scalars(self, atomic_numbers: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -11,6 +11,8 @@ import inspect
 
 from torch import nn
 
+from invattn.models.sampling import Sampling
+
 __all__ = ["MODELS", "MODEL_FORMAT", "MODEL_FORMATS", "register_model", "build_model", "constructor_config"]
 
 # Version of the models' parameter layout, saved with every checkpoint: a model of one format
@@ -43,7 +45,9 @@ def constructor_config(cls, arguments: dict) -> dict:
     existed compare equal.
     """
     parameters = inspect.signature(cls.__init__).parameters
-    return {name: arguments[name] for name, p in parameters.items()
+    # A Sampling given in Python is recorded in its config form ("all" or k).
+    return {name: arguments[name].config if isinstance(arguments[name], Sampling) else arguments[name]
+            for name, p in parameters.items()
             if name != "self" and not (arguments[name] is None and p.default is None)}
 
 

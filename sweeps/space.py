@@ -18,12 +18,11 @@ __all__ = ["param_space", "apply_trial_params", "check_space_against_model"]
 
 
 def _k(value):
-    """``"all"`` or a positive int (YAML may hand us "8" as a string)."""
-    if isinstance(value, str) and value != "all":
-        if not value.isdigit():
-            raise ValueError(f"search.subdeterminants entries must be 'all' or positive ints, got {value!r}")
-        return int(value)
-    return value
+    """A ``search.subdeterminants`` entry in its config form, ``"all"`` or ``k`` (YAML may hand
+    us "8" as a string), parsed by the model's own :class:`~models.sampling.Sampling`."""
+    from invattn.models.sampling import Sampling
+
+    return Sampling.parse(value, "search.subdeterminants entries").config
 
 
 def _number(key: str, value, kind):

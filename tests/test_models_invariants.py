@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from invattn.models import (EquivariantAttention, EquivariantMap, Features, FeatureShape, NeighbourInvariants,
-                    NormNonlinearity, cross_products, gram_upper, masked_softmax, subdeterminants)
+                    NormNonlinearity, Sampling, cross_products, gram_upper, masked_softmax, subdeterminants)
 from invattn.models.invariants import choose_combinations, combinations_index, resolve_subset_size
 from test_models_equivariance import random_rotation
 
@@ -222,7 +222,7 @@ def test_attention_matches_naive_reference(group):
     torch.manual_seed(8)
     layer = EquivariantAttention(FeatureShape(4, 6), FeatureShape(4, 8), edge_dim=2, heads=2,
                                  query_shape=FeatureShape(4, 6), hidden=16, group=group,
-                                 subdeterminants={"q": "all", "kv": 6},
+                                 subdeterminants=Sampling(6),  # queries: all 4 triples; keys/values: 6 of 10
                                  generator=torch.Generator().manual_seed(1)).double()
     b, n = 3, 6
     feats = Features(torch.randn(b, n, 4, 3, dtype=F64), torch.randn(b, n, 6, dtype=F64))
