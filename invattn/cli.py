@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                          "reproduce the paper's N-body Table 1 with an EGNN row (lr on validation, 3 seeds)"),
     "reproduce-nbody-egnn": ("reproduce_nbody_egnn", "invattn.sweeps.table1:reproduce_command",
                              "the EGNN paper's N-body benchmark (frame 30 -> 40): E3, SE3 and EGNN"),
+    "lorentz": ("lorentz", "invattn.pipeline.lorentz.train:lorentz_command",
+                "Lorentz-equivariant model vs DeepSets on decay four-momenta, tested on boosted events"),
     "demo": (None, "invattn.sweeps.demo:demo_command",
              "the newcomer demo: small N-body dataset, small local sweep, results table"),
 }
