@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from invattn.models.four_momenta import DeepSetsBaseline, FourMomentumModel
-from invattn.pipeline.cli import main as cli
+from invattn.cli import main as cli
 from invattn.pipeline.lorentz.events import boosted, invariant_mass, make_events, random_boosts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
