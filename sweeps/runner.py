@@ -103,6 +103,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     from invattn.sweeps.layout import SweepLayout
     from invattn.sweeps.ray_cluster import connect
     from invattn.sweeps.space import apply_trial_params, param_space
+    from invattn.pipeline.training.run_checkpoint import CHECKPOINT_FILE
     from invattn.sweeps.trainable import run_trial
 
     layout = SweepLayout.of(sweep_cfg)
@@ -188,7 +189,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
         "params": best.config, "metrics": {k: v for k, v in best.metrics.items()
                                             if isinstance(v, (int, float, str)) and k != "config"},
         "trial_path": best.path,
-        "checkpoint": str(Path(best.checkpoint.path) / "last.pt") if best.checkpoint else None,
+        "checkpoint": str(Path(best.checkpoint.path) / CHECKPOINT_FILE) if best.checkpoint else None,
         "train_config": OmegaConf.to_container(train_cfg),
         "dashboard_url": ctx.dashboard_url,
     }

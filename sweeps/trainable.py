@@ -6,15 +6,14 @@ checkpoint back into its run directory, and the loop resumes from it exactly.
 """
 from __future__ import annotations
 
-import filecmp
 import os
-import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from ray import tune
 
-from invattn.pipeline.training import checkpoint_path, train
+from invattn.pipeline.training import train
+from invattn.pipeline.training.run_checkpoint import install_checkpoint
 from invattn.sweeps.space import apply_trial_params
 
 __all__ = ["run_trial"]
@@ -52,11 +51,7 @@ def run_trial(params: dict, *, train_yaml: str, num_threads: int, experiment_dir
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as src:
-            src, dst = Path(src) / "last.pt", checkpoint_path(run_dir)
-            # On the same node the trial's own copy is usually already this checkpoint.
-            if not (dst.is_file() and filecmp.cmp(src, dst, shallow=False)):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+            install_checkpoint(src, run_dir)
 
     marker = run_dir / ".crashed_once"
 

@@ -179,3 +179,47 @@ def test_a_task_registered_in_one_module_trains_resumes_and_evaluates(line_task,
     out = tmp_path / "eval.json"
     assert cli(["evaluate", f"checkpoint={ckpt}", f"output={out}"]) == 0
     assert json.loads(out.read_text()) == {"epoch": 6, "test_mae": resumed["test_mae"]}
+    # A checkpoint from before issue 14 saved no model config: its training config rebuilds the model.
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "model_hparams": {}}, ckpt)
+    assert evaluate_checkpoint(ckpt, device="cpu") == {"epoch": 6, "test_mae": resumed["test_mae"]}
+
+
+def test_fit_calls_the_callbacks_in_order_with_the_checkpoint_on_disk(line_task, tmp_path):
+    from invattn.pipeline.training.callbacks import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_fit_start(self, run, cfg, start_epoch):
+            self.calls.append(("fit_start", start_epoch))
+
+        def on_epoch_start(self, epoch):
+            self.calls.append(("epoch_start", epoch))
+
+        def on_batch_end(self, mean_loss):
+            if self.calls[-1][0] != "batch":
+                self.calls.append(("batch",))
+
+        def on_train_end(self, epoch):
+            self.calls.append(("train_end", epoch))
+
+        def on_epoch_end(self, record):
+            self.calls.append(("epoch_end", record["epoch"]))
+
+        def on_checkpoint(self, record, checkpoint_dir):
+            saved = load_checkpoint(checkpoint_dir / "last.pt")
+            self.calls.append(("checkpoint", saved["epoch"], saved["metrics"] == record))
+
+        def on_fit_end(self):
+            self.calls.append(("fit_end",))
+
+    seen = Record()
+    train(line_cfg(tmp_path / "run", **{"train.epochs": 2}), callbacks=[seen])
+    epoch = lambda e: [("epoch_start", e), ("batch",), ("train_end", e), ("epoch_end", e + 1),  # noqa: E731
+                       ("checkpoint", e + 1, True)]
+    assert seen.calls == [("fit_start", 0), *epoch(0), *epoch(1), ("fit_end",)]
+    again = Record()  # resuming a finished run: nothing to do, the saved metrics come back
+    assert train(line_cfg(tmp_path / "run", **{"train.epochs": 2}), callbacks=[again])["epoch"] == 2
+    assert again.calls == [("fit_start", 2), ("fit_end",)]

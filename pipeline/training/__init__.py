@@ -1,8 +1,11 @@
-"""Training runtime: task objects, the loop, checkpoints and metrics logs.
+"""Training runtime: tasks (:mod:`.task`), the run checkpoint (:mod:`.run_checkpoint`),
+``train``/``fit`` (:mod:`.loop`) and their callbacks (:mod:`.callbacks`), metrics logs.
 
 This package builds models through their public constructors only (``models.NBodyModel``,
 ``models.QM9Model``); it never reaches into model internals.
 """
-from invattn.pipeline.training.loop import checkpoint_path, count_parameters, make_task, train
+from invattn.pipeline.training.loop import fit, train
+from invattn.pipeline.training.run_checkpoint import checkpoint_path, count_parameters
+from invattn.pipeline.training.task import make_task
 
-__all__ = ["train", "make_task", "checkpoint_path", "count_parameters"]
+__all__ = ["train", "fit", "make_task", "checkpoint_path", "count_parameters"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from invattn.pipeline.training.checkpoint import load_checkpoint
 from invattn.pipeline.training.loop import resolve_device, train
-from invattn.pipeline.training.task import make_task, task_class
+from invattn.pipeline.training.run_checkpoint import load_trained
+from invattn.pipeline.training.task import task_class
 
 __all__ = ["train_command", "evaluate_command", "evaluate_checkpoint"]
 
@@ -48,19 +48,9 @@ def evaluate_checkpoint(checkpoint, *, data_dir: str | None = None, device: str 
 
 
 def _evaluate(checkpoint, data_dir, device) -> tuple[dict, DictConfig]:
-    state = load_checkpoint(Path(checkpoint))
-    cfg = OmegaConf.create(state["config"])
-    if data_dir:
-        cfg.data.dir = data_dir
     dev = resolve_device(device)
-    task = make_task(cfg)
-    task.load_state_dict(state.get("task_state", {}))
-    # Checkpoints before issue 14 saved no model config (``{}``): their training config rebuilds it.
-    model = task.build_model(state.get("model_hparams") or None).to(dev)
-    model.load_state_dict(state["model"])
-    model.eval()
-    metrics = {"epoch": int(state["epoch"]), **task.evaluate(model, dev)}
-    return metrics, cfg
+    task, model, state, cfg = load_trained(checkpoint, data_dir=data_dir, device=dev)
+    return {"epoch": int(state["epoch"]), **task.evaluate(model, dev)}, cfg
 
 
 def evaluate_command(cfg: DictConfig) -> int:

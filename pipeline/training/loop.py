@@ -1,36 +1,37 @@
-"""The training loop shared by every task: Adam, LR schedule, per-epoch evaluation,
-atomic per-epoch checkpoints, exact resume, JSON-lines + TensorBoard metrics.
+"""The training runtime shared by every task: build a run, then :func:`fit` it.
 
-``train(cfg, reporter=...)`` is what both ``invattn train`` and the Ray Tune trainable call;
-``reporter(metrics, checkpoint_dir)`` is invoked after each epoch's checkpoint is on disk.
+``train(cfg, reporter=...)`` is what both ``invattn train`` and the Ray Tune trainable call:
+it builds the :class:`~.run_checkpoint.Run` (task, model, optimizer, LR schedule), restores it
+from ``run_dir``'s checkpoint when resuming, and hands it to :func:`fit`, which runs
+:func:`train_epoch` and :func:`evaluate` per epoch, writes the run checkpoint
+(:mod:`.run_checkpoint`) and tells the callbacks (:mod:`.callbacks`: metrics file, console,
+progress bar, and ``reporter(metrics, checkpoint_dir)`` once each epoch's checkpoint is on disk).
 """
 from __future__ import annotations
 
 import functools
-import logging
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from invattn.checks import check_int, is_number
-from invattn.pipeline.config import flat_keys
-from invattn.pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from invattn.pipeline.training.callbacks import Callback, Console, MetricsFile, ProgressBar, Reporter
+from invattn.pipeline.training.checkpoint import write_text_atomic
 from invattn.pipeline.training.malloc import keep_freed_memory
-from invattn.pipeline.training.metrics_log import MetricsLog
+from invattn.pipeline.training.run_checkpoint import (Run, checkpoint_path, count_parameters,
+                                                      restore_run, resume_state, save_run)
 from invattn.pipeline.training.run_lock import run_dir_lock
 from invattn.pipeline.training.schedule import lr_factor
-from invattn.pipeline.training.task import COMMON_RUN_DEFINING, make_task, task_class
+from invattn.pipeline.training.task import make_task
 
-__all__ = ["train", "make_task", "resolve_device", "checkpoint_path", "count_parameters"]
+__all__ = ["train", "fit", "train_epoch", "evaluate", "build_run", "build_optimizer", "make_task",
+           "resolve_device", "checkpoint_path", "count_parameters"]
 
-log = logging.getLogger(__name__)
-
-Reporter = Callable[[dict, Path], None]
+ReportFn = Callable[[dict, Path], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,52 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available on this machine")
     return device
-
-
-def checkpoint_path(run_dir) -> Path:
-    return Path(run_dir) / "checkpoints" / "last.pt"
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _progress(total: int, desc: str, mode: str):
-    show = sys.stderr.isatty() if mode == "auto" else mode in (True, "true", "on", "yes")
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _changed_settings(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """``"key: old -> new"`` for every run-defining leaf that differs.
-
-    Settings that define a run (the common ones and the task's ``run_defining``): resuming with
-    different values would silently train another model (or, for the schedule, a zero learning
-    rate), so resume refuses them. A key newer than the saved checkpoint counts as the task's
-    ``added_later`` value.
-    """
-    task = task_class(str(cfg.task))
-    keys = COMMON_RUN_DEFINING + tuple(task.run_defining)
-
-    def leaves(conf: DictConfig) -> dict:
-        out = {}
-        for key in keys:
-            node = OmegaConf.select(conf, key)
-            if isinstance(node, DictConfig):
-                out.update({f"{key}.{k}": v for k, v in flat_keys(node).items()})
-            else:
-                out[key] = node
-        return out
-
-    old, new = leaves(saved), leaves(cfg)
-    for key, value in task.added_later.items():
-        if old.get(key) is None and key in new:
-            old[key] = value
-    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -124,10 +79,12 @@ def _validate(cfg: DictConfig) -> None:
         raise ValueError(f"run_dir {run_dir} is a file, not a folder; choose another run_dir")
 
 
-def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
+def train(cfg: DictConfig, *, reporter: ReportFn | None = None,
+          callbacks: Sequence[Callback] = ()) -> dict:
     """Train ``cfg.task`` until ``cfg.train.epochs``; resume from ``run_dir`` when asked.
 
-    Returns the last epoch's metrics.
+    Returns the last epoch's metrics. ``callbacks`` run after the standard ones (metrics file,
+    console, progress bar, then ``reporter``).
 
     Raises
     ------
@@ -146,12 +103,45 @@ def train(cfg: DictConfig, *, reporter: Reporter | None = None) -> dict:
     keep_freed_memory()  # no page faults on the per-step tensors (see pipeline/training/malloc.py)
     # Build everything a setting can refuse before run_dir is created and locked, so a refused
     # run leaves no empty run_dir behind (and never touches an existing one).
-    parts = _build(cfg)
-    with run_dir_lock(Path(cfg.run_dir)):
-        return _train(cfg, parts, reporter)
+    run = build_run(cfg)
+    standard = [MetricsFile(), Console(), ProgressBar(cfg.train.progress)]
+    if reporter is not None:
+        standard.append(Reporter(reporter))
+    run_dir = Path(cfg.run_dir)
+    with run_dir_lock(run_dir):
+        start_epoch, last = 0, {}
+        ckpt_file = checkpoint_path(run_dir)
+        if bool(cfg.resume) and ckpt_file.is_file():
+            state = resume_state(ckpt_file, cfg, run.device)
+            start_epoch = restore_run(run, state)
+            last = dict(state["metrics"]) if start_epoch >= int(cfg.train.epochs) else {}
+        elif ckpt_file.is_file() and not bool(cfg.resume):
+            raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
+                                  f"it or choose another run_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        return fit(run, cfg, start_epoch=start_epoch, callbacks=[*standard, *callbacks], last=last)
 
 
-def _build(cfg: DictConfig) -> tuple:
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> tuple:
+    """``(optimizer, scheduler)``: Adam (``optim.lr``, ``optim.weight_decay``) and the per-epoch
+    LR factor of ``optim.schedule`` (:func:`.schedule.lr_factor`).
+
+    Raises
+    ------
+    ValueError
+        Unknown schedule name (checked here, before any work).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
+                                 weight_decay=float(cfg.optim.weight_decay))
+    factor = functools.partial(
+        lr_factor, epochs=int(cfg.train.epochs), schedule=str(cfg.optim.schedule),
+        warmup_epochs=int(cfg.optim.warmup_epochs), min_factor=float(cfg.optim.min_lr_factor))
+    factor(0)  # validate the schedule name before any work
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_run(cfg: DictConfig) -> Run:
     """Device, task (data), model, optimizer and LR schedule for ``cfg``; writes nothing."""
     tr = cfg.train
     if int(tr.num_threads) > 0:
@@ -165,97 +155,90 @@ def _build(cfg: DictConfig) -> tuple:
     except (TypeError, ValueError) as exc:  # the model names the argument; say which section
         section = "egnn" if cfg.get("architecture") == "egnn" else "model"
         raise ValueError(f"invalid {section}.* setting: {exc}") from exc
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr),
-                                 weight_decay=float(cfg.optim.weight_decay))
-    factor = functools.partial(
-        lr_factor, epochs=int(tr.epochs), schedule=str(cfg.optim.schedule),
-        warmup_epochs=int(cfg.optim.warmup_epochs), min_factor=float(cfg.optim.min_lr_factor))
-    factor(0)  # validate the schedule name before any work
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return device, task, model, optimizer, scheduler
+    optimizer, scheduler = build_optimizer(cfg, model)
+    return Run(task=task, model=model, optimizer=optimizer, scheduler=scheduler, device=device)
 
 
-def _train(cfg: DictConfig, parts: tuple, reporter: Reporter | None) -> dict:
-    run_dir = Path(cfg.run_dir)
+def train_epoch(run: Run, epoch: int, *, grad_clip=None, on_batch=None) -> float:
+    """One pass over the task's training batches of ``epoch``; returns the mean batch loss.
+
+    ``on_batch(mean_loss_so_far)`` is called after each optimizer step.
+
+    Raises
+    ------
+    FloatingPointError
+        A non-finite loss (the message suggests a lower ``optim.lr``).
+    """
+    run.model.train()
+    total, n = 0.0, 0
+    for batch in run.task.train_batches(epoch, run.device):
+        run.optimizer.zero_grad(set_to_none=True)
+        loss = run.task.loss(run.model, batch)
+        if not torch.isfinite(loss):
+            group = run.optimizer.param_groups[0]
+            lr = group.get("initial_lr", group["lr"])  # the configured optim.lr, before any schedule
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; "
+                                     f"lower optim.lr (now {lr})")
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), float(grad_clip))
+        run.optimizer.step()
+        total, n = total + loss.item(), n + 1
+        if on_batch is not None:
+            on_batch(total / n)
+    return total / max(n, 1)
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """The task's evaluation metrics of the model (in eval mode)."""
+    run.model.eval()
+    return run.task.evaluate(run.model, run.device)
+
+
+def fit(run: Run, cfg: DictConfig, *, start_epoch: int = 0, callbacks: Sequence[Callback] = (),
+        last: dict | None = None) -> dict:
+    """Epochs ``start_epoch .. train.epochs - 1`` of ``run``: train, step the LR schedule,
+    evaluate every ``train.eval_every`` epochs (and at the end), checkpoint every epoch.
+
+    Returns the last epoch's record (``last`` when no epoch is left to run).
+
+    Raises
+    ------
+    FloatingPointError
+        A non-finite loss, or non-finite final metrics.
+    OSError
+        A checkpoint or metrics line could not be written.
+    """
     tr = cfg.train
-    device, task, model, optimizer, scheduler = parts
-    n_params = count_parameters(model)
-    config_yaml = OmegaConf.to_yaml(cfg)
+    epochs, n_params = int(tr.epochs), count_parameters(run.model)
+    ckpt_file = checkpoint_path(cfg.run_dir)
+    record: dict = dict(last or {})
 
-    start_epoch = 0
-    ckpt_file = checkpoint_path(run_dir)
-    if bool(cfg.resume) and ckpt_file.is_file():
-        state = load_checkpoint(ckpt_file, map_location=device)
-        changed = _changed_settings(OmegaConf.create(state["config"]), cfg)
-        if changed:
-            raise ValueError(f"{ckpt_file} was trained with other settings ({'; '.join(changed)}); "
-                             f"resume with the same settings, or start a new run_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        task.load_state_dict(state.get("task_state", {}))
-        torch.set_rng_state(state["rng_torch"].cpu())
-        start_epoch = int(state["epoch"])
-        log.info("resumed %s at epoch %d", ckpt_file, start_epoch)
-    elif ckpt_file.is_file() and not bool(cfg.resume):
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass resume=true to continue "
-                              f"it or choose another run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", config_yaml)
-    metrics_log = MetricsLog(run_dir, resume_epoch=start_epoch, tensorboard=bool(tr.tensorboard))
-    kind = type(model).__name__
-    group = f" group={model.config['group']}" if "group" in model.config else ""  # not the EGNN
-    print(f"[{cfg.task}] {kind}{group} params={n_params} device={device} run_dir={run_dir} "
-          f"epochs {start_epoch}->{tr.epochs}", flush=True)
+    def each(hook, *args):
+        for callback in callbacks:
+            getattr(callback, hook)(*args)
 
-    record: dict = dict(state["metrics"]) if start_epoch >= int(tr.epochs) else {}
     try:
-        for epoch in range(start_epoch, int(tr.epochs)):
+        each("on_fit_start", run, cfg, start_epoch)
+        for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            model.train()
-            total, n = 0.0, 0
-            bar = _progress(task.n_train_batches(), f"epoch {epoch + 1}/{tr.epochs}", tr.progress)
-            for batch in task.train_batches(epoch, device):
-                optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; "
-                                             f"lower optim.lr (now {cfg.optim.lr})")
-                loss.backward()
-                if tr.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
-                optimizer.step()
-                total, n = total + loss.item(), n + 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / n:.3g}")
-            if bar is not None:
-                bar.close()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            train_seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "lr": lr,
-                      "seconds_per_epoch": train_seconds, "params": n_params}
-            last = epoch + 1 == int(tr.epochs)
-            if last or (epoch + 1) % int(tr.eval_every) == 0:
-                model.eval()
-                record.update(task.evaluate(model, device))
-            metrics_log.log(record)
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                "task_state": task.state_dict(), "rng_torch": torch.get_rng_state(),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "model_hparams": dict(model.config),  # what build_model rebuilds it from
-                "metrics": record, "params": n_params,
-            }, ckpt_file)
-            units = type(task).metric_units(cfg)  # QM9: MAE in meV, D, ... (printed)
-            print(" ".join((f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-                           + (f" {units[k]}" if k in units else "") for k, v in record.items()), flush=True)
-            if reporter is not None:
-                reporter(dict(record), ckpt_file.parent)
+            each("on_epoch_start", epoch)
+            train_loss = train_epoch(run, epoch, grad_clip=tr.grad_clip,
+                                     on_batch=lambda loss: each("on_batch_end", loss))
+            each("on_train_end", epoch)
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.scheduler.step()
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
+                      "seconds_per_epoch": time.perf_counter() - t0, "params": n_params}
+            if epoch + 1 == epochs or (epoch + 1) % int(tr.eval_every) == 0:
+                record.update(evaluate(run))
+            each("on_epoch_end", record)
+            save_run(ckpt_file, run, cfg, epoch=epoch + 1, metrics=record)
+            each("on_checkpoint", record, ckpt_file.parent)
     finally:
-        metrics_log.close()
+        each("on_fit_end")
     if record and not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
         raise FloatingPointError(f"non-finite metrics at the end of training: {record}")
     return record
+
+
