@@ -91,35 +91,39 @@ def _cell_list_pairs(x: Tensor, graph: Tensor, cutoff: float) -> tuple[Tensor, T
     ``cutoff`` within one graph, plus self-loops, sorted by target then source.
 
     Nodes are binned into cubic cells of side slightly above ``cutoff`` (per graph, from its
-    lowest corner), so every neighbour lies in one of the 27 cells around a node's own; those
+    lowest corner), so every neighbour lies in one of the 27 cells around a node's own (``3^d``
+    in ``d`` dimensions); those
     cells' nodes are the candidates, tested with the same formula as the brute-force search.
     Returns ``None`` if the cell grid is too large to index with int64 (a fallback is used).
     """
-    n = x.shape[0]
+    n, d = x.shape
     side = float(cutoff) * (1.0 + 1e-6)  # margin: rounding never puts neighbours 2 cells apart
     n_graphs = int(graph.max()) + 1
-    low = x.new_full((n_graphs, 3), torch.inf).scatter_reduce(0, graph[:, None].expand(-1, 3), x, "amin")
-    cell = torch.floor((x - low.index_select(0, graph)) / side).long()  # [n, 3], >= 0
+    low = x.new_full((n_graphs, d), torch.inf).scatter_reduce(0, graph[:, None].expand(-1, d), x, "amin")
+    cell = torch.floor((x - low.index_select(0, graph)) / side).long()  # [n, d], >= 0
     dims = cell.max(0).values + 1
     if float(n_graphs) * float(dims.prod()) * 2.0 > 2.0 ** 62:
         return None
-    d0, d1, d2 = (int(v) for v in dims)
+    sizes_of = [int(v) for v in dims]
 
-    def key(g: Tensor, c: Tensor) -> Tensor:
-        return ((g * d0 + c[..., 0]) * d1 + c[..., 1]) * d2 + c[..., 2]
+    def key(g: Tensor, c: Tensor) -> Tensor:  # row-major index of (graph, cell) in any dimension
+        out = g
+        for axis, size in enumerate(sizes_of):
+            out = out * size + c[..., axis]
+        return out
 
     keys = key(graph, cell)
     order = torch.argsort(keys)
     cells, counts = torch.unique_consecutive(keys[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     steps = torch.tensor([-1, 0, 1], device=x.device)
-    offsets = torch.cartesian_prod(steps, steps, steps)  # [27, 3]
-    around = cell[:, None, :] + offsets[None]  # [n, 27, 3]
+    offsets = torch.cartesian_prod(*[steps] * d).reshape(-1, d)  # [3^d, d]: 27 cells in 3D
+    around = cell[:, None, :] + offsets[None]  # [n, 3^d, d]
     inside = ((around >= 0) & (around < dims)).all(-1)
     wanted = key(graph[:, None], around)
     slot = torch.searchsorted(cells, wanted).clamp(max=cells.shape[0] - 1)
     found = inside & (cells[slot] == wanted)
-    target_rows = torch.arange(n, device=x.device)[:, None].expand(n, 27)[found]
+    target_rows = torch.arange(n, device=x.device)[:, None].expand(n, offsets.shape[0])[found]
     slot = slot[found]
     sizes = counts[slot]
     target = torch.repeat_interleave(target_rows, sizes)
@@ -141,7 +145,7 @@ def _brute_force_pairs(positions: Tensor, mask: Tensor, cutoff: float) -> Tensor
     found = []
     for start in range(0, n, rows):  # a loop over memory blocks of targets i, not over edges
         stop = min(n, start + rows)
-        diff = positions.unsqueeze(1) - positions[:, start:stop].unsqueeze(2)  # [B, R, N_j, 3]
+        diff = positions.unsqueeze(1) - positions[:, start:stop].unsqueeze(2)  # [B, R, N_j, d]
         near = diff.pow(2).sum(-1) < cutoff_sq
         near &= mask[:, start:stop, None] & mask[:, None, :]
         block = torch.arange(stop - start, device=mask.device)
@@ -157,7 +161,7 @@ def radius_graph_dense(positions: Tensor, mask: Tensor, cutoff: float) -> tuple[
 
     Parameters
     ----------
-    positions : Tensor ``[B, N, 3]``
+    positions : Tensor ``[B, N, d]`` (``d = 3`` usually; any ``d >= 1``)
     mask : Tensor ``[B, N]`` bool
         Real nodes; padded ones get no edges and no index.
     cutoff : float
@@ -192,11 +196,11 @@ def radius_graph_dense(positions: Tensor, mask: Tensor, cutoff: float) -> tuple[
 
 
 def _to_padded(positions: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-    """``[n, 3]`` positions grouped by a sorted ``batch`` -> padded ``[B, N_max, 3]`` and mask."""
+    """``[n, d]`` positions grouped by a sorted ``batch`` -> padded ``[B, N_max, d]`` and mask."""
     counts = torch.bincount(batch)
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(batch.shape[0], device=batch.device) - starts[batch]
-    padded = positions.new_zeros(counts.shape[0], int(counts.max()), 3)
+    padded = positions.new_zeros(counts.shape[0], int(counts.max()), positions.shape[-1])
     mask = torch.zeros(padded.shape[:2], dtype=torch.bool, device=positions.device)
     padded[batch, local] = positions
     mask[batch, local] = True
@@ -226,12 +230,12 @@ def _vesin_graph(positions: Tensor, cutoff: float, batch: Tensor) -> Tensor:
 
 
 def radius_graph(positions: Tensor, cutoff: float, batch: Tensor | None = None,
-                 method: str = "auto") -> Tensor:
+                 method: str = "auto", dim: int = 3) -> Tensor:
     """``edge_index [2, E]`` (source j, target i) of the pairs closer than ``cutoff``, with self-loops.
 
     Parameters
     ----------
-    positions : Tensor ``[n, 3]``
+    positions : Tensor ``[n, dim]``
     cutoff : float
         In the units of ``positions``; a pair at exactly ``cutoff`` is not an edge.
     batch : Tensor ``[n]`` long, optional
@@ -239,6 +243,8 @@ def radius_graph(positions: Tensor, cutoff: float, batch: Tensor | None = None,
     method : {"auto", "torch", "vesin"}
         ``"vesin"``: vesin's cell list (CPU, ``O(n)``); ``"torch"``: blockwise distances on any
         device; ``"auto"``: vesin for CPU tensors when it is installed, torch otherwise.
+    dim : int
+        Dimension of the points (3; 2 for 2D data: then the torch method, vesin is 3D only).
 
     Returns
     -------
@@ -250,8 +256,8 @@ def radius_graph(positions: Tensor, cutoff: float, batch: Tensor | None = None,
     ValueError
         On a bad shape, an unsorted ``batch``, a non-positive cutoff or an unknown method.
     """
-    if positions.dim() != 2 or positions.shape[-1] != 3:
-        raise ValueError(f"positions has shape {list(positions.shape)}, expected [n, 3]")
+    if positions.dim() != 2 or positions.shape[-1] != dim:
+        raise ValueError(f"positions has shape {list(positions.shape)}, expected [n, {dim}]")
     check_cutoff(cutoff, None)
     if batch is None:
         batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
@@ -261,10 +267,12 @@ def radius_graph(positions: Tensor, cutoff: float, batch: Tensor | None = None,
         raise ValueError("batch must be sorted (nodes of one graph contiguous), as in torch_geometric")
     if method not in ("auto", "torch", "vesin"):
         raise ValueError(f"method must be 'auto', 'torch' or 'vesin', got {method!r}")
+    if method == "vesin" and positions.shape[-1] != 3:
+        raise ValueError(f"method='vesin' searches 3D points; these are {positions.shape[-1]}D (use 'torch')")
     if method == "auto":
         try:
             import vesin  # noqa: F401
-            method = "vesin" if positions.device.type == "cpu" else "torch"
+            method = "vesin" if positions.device.type == "cpu" and positions.shape[-1] == 3 else "torch"
         except ImportError:
             method = "torch"
     if positions.shape[0] == 0:

@@ -175,7 +175,7 @@ class SparseEquivariantAttention(EquivariantAttention):
         if edge_index is None:
             if cutoff is None:
                 raise ValueError("data has no 'edge_index' and no cutoff was given to build one")
-            edge_index = radius_graph(positions, cutoff, getattr(data, "batch", None))
+            edge_index = radius_graph(positions, cutoff, getattr(data, "batch", None), dim=self.group.dim)
         edge_features = getattr(data, "edge_attr", None)
         if edge_features is None:
             edge_features = positions.new_zeros(edge_index.shape[1], 0)

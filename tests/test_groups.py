@@ -312,3 +312,41 @@ def test_e3_se3_outputs_equal_pre_refactor_reference():
         model.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in entry["state"].items()})
         out = generator.outputs(model, name)
         torch.testing.assert_close(out, entry["out"], rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("d", [2, 4])
+def test_cell_list_radius_graph_in_other_dimensions(d):
+    """Above 128 nodes the radius graph uses a cell list (3^d neighbour cells): same edges as all pairs."""
+    from invattn.models.graph import _brute_force_pairs, radius_graph, radius_graph_dense
+
+    gen = torch.Generator().manual_seed(d)
+    x = 4.0 * torch.rand(2, 200, d, generator=gen, dtype=F64)
+    mask = torch.ones(2, 200, dtype=torch.bool)
+    mask[1, 150:] = False
+    edge_index, edge_graph = radius_graph_dense(x, mask, 1.0)
+    expected = _brute_force_pairs(x, mask, 1.0)
+    assert edge_graph.shape[1] > 2 * 350  # more than the self-loops
+    key = lambda e: sorted(map(tuple, e.t().tolist()))  # noqa: E731
+    assert key(edge_graph) == key(expected)
+    flat = x[mask]
+    batch = torch.cat([torch.zeros(200, dtype=torch.long), torch.ones(150, dtype=torch.long)])
+    torch.testing.assert_close(radius_graph(flat, 1.0, batch, dim=d), edge_index)
+    with pytest.raises(ValueError, match=rf"expected \[n, 3\]"):
+        radius_graph(flat, 1.0, batch)
+
+
+def test_forward_data_builds_a_2d_radius_graph():
+    from torch_geometric.data import Data
+
+    gen = torch.Generator().manual_seed(9)
+    torch.manual_seed(0)
+    layer = SparseEquivariantAttention(FeatureShape(1, 1), FeatureShape(2, 4), edge_dim=0, heads=2,
+                                       query_shape=FeatureShape(2, 2), hidden=8, group="SE2").double()
+    pos = 2.0 * torch.randn(7, 2, generator=gen, dtype=F64)
+    data = Data(pos=pos, x=torch.randn(7, 1, generator=gen, dtype=F64),
+                vectors=torch.randn(7, 1, 2, generator=gen, dtype=F64))
+    out = layer.forward_data(data, cutoff=2.5)
+    assert out.vectors.shape == (7, 2, 2)
+    rot = random_element("SE2", gen)
+    moved = layer.forward_data(Data(pos=pos @ rot.T, x=data.x, vectors=data.vectors @ rot.T), cutoff=2.5)
+    assert relative_error(moved.vectors, out.vectors @ rot.T) < 1e-10
