@@ -28,6 +28,11 @@ from numba import njit, prange
 
 # fastmath stays off: it would let LLVM reorder sums (results would depend on the lane
 # count) and assume no NaN (a broken simulation must stay NaN so that it is reported).
+# Numba's on-disk cache (cache=True, __pycache__/*.nbi/.nbc) is keyed on this file's mtime and
+# size, not on the module's name, and a cached kernel imports the module it was compiled in:
+# a cache built before the invattn namespace (module `simulator.physics`) failed in every new
+# process with "No module named 'simulator'".  Editing this file (this comment) invalidates such
+# caches; edit it again if the module is ever renamed.
 _JIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 #: Simulations per group.  32 keeps a group's state in L1 for the paper's 5 bodies and makes
