@@ -97,3 +97,11 @@ def test_lorentz_command_end_to_end(tmp_path, capsys):
     assert deepsets["test_boosted"]["mae"] > 1.2 * deepsets["test"]["mae"], results
     assert cli(["lorentz", "--help"]) == 0
     assert "test_boost_rapidity" in capsys.readouterr().out
+
+
+def test_lorentz_command_bad_settings_are_one_line(tmp_path, capsys):
+    assert cli(["lorentz", f"out={tmp_path}", "epochs=0"]) == 2
+    assert "invattn lorentz: error: epochs must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert cli(["lorentz", f"out={tmp_path}", "n_train=10", "n_test=5", "group=SE3"]) == 2
+    assert "four-momenta need a group acting on 4-vectors, got 'SE3'" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from invattn.checks import check_int
+from invattn.files import write_atomic
 from invattn.pipeline.lorentz.events import Events, boosted, make_events
 
 __all__ = ["lorentz_command", "train_and_test"]
@@ -55,8 +57,7 @@ def train_and_test(cfg: DictConfig) -> dict:
 
     seed = int(cfg.seed)
     for key in ("n_train", "n_test", "epochs", "batch_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {cfg[key]}")
+        check_int(key, cfg[key], 1)
     if float(cfg.lr) <= 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
     events = dict(background=int(cfg.background), max_rapidity=float(cfg.max_rapidity))
@@ -89,7 +90,7 @@ def lorentz_command(cfg: DictConfig) -> int:
     results = train_and_test(cfg)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg), "results": results}, indent=2))
+    write_atomic(out / "metrics.json", json.dumps({"config": OmegaConf.to_container(cfg), "results": results}, indent=2))
     print(f"{'model':34s} {'params':>7s} {'train s':>8s}  {'MAE test':>9s} {'MAE boosted':>12s}  "
           f"{'rel. test':>9s} {'rel. boosted':>12s}")
     for name, r in results.items():
