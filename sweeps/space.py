@@ -117,8 +117,9 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
     ValueError
         Names the search key, the value and the model's reason.
     """
-    from invattn.models import QM9Model
-    from invattn.pipeline.training.nbody_task import build_nbody_model, nbody_model_kwargs
+    from invattn.pipeline.training.task import task_class
+
+    task = task_class(str(train_cfg.task))
 
     def values(key):
         value = space.get(key)
@@ -126,18 +127,13 @@ def check_space_against_model(train_cfg: DictConfig, space: dict) -> None:
             return list(value["grid_search"])
         return [value] if value is not None else [None]
 
-    if str(train_cfg.task) not in ("nbody", "qm9"):
-        return
     for group in values("group"):
         for k in values("subdeterminants"):
             params = {"lr": 1.0, "subdeterminants": k, **({"group": group} if group else {})}
             params.pop("lr_by_group", None)
             cfg = apply_trial_params(train_cfg, params)
             try:
-                if str(train_cfg.task) == "nbody":  # ours or the EGNN baseline, as training builds it
-                    build_nbody_model(*nbody_model_kwargs(cfg))
-                else:
-                    QM9Model(**OmegaConf.to_container(cfg.model, resolve=True))
+                task.model_for(cfg)  # as training builds it (N-body: ours or the EGNN baseline)
             except (TypeError, ValueError) as exc:
                 where = f"search.subdeterminants={k}" + (f" with model.group={group}" if group else "")
                 raise ValueError(f"{where} is not a valid model: {exc}") from None

@@ -97,6 +97,10 @@ class LineTask:
     def describe(cls, cfg, metrics):
         return ""
 
+    @classmethod
+    def model_for(cls, cfg, config=None):
+        return build_model("line", **(dict(cfg.model) if config is None else config))
+
     def build_model(self, config=None):
         return build_model("line", **(self.model_kwargs if config is None else config))
 

@@ -184,8 +184,13 @@ class NBodyTask:
                                      **windows)
         self.architecture, self.model_kwargs = nbody_model_kwargs(cfg)
 
-    def build_model(self, config: dict | None = None):
+    @classmethod
+    def model_for(cls, cfg, config: dict | None = None):
         """Ours or the EGNN (``architecture``); ``config``: a saved ``model.config`` instead of ``cfg``'s."""
+        architecture, kwargs = nbody_model_kwargs(cfg)
+        return build_nbody_model(architecture, kwargs if config is None else config)
+
+    def build_model(self, config: dict | None = None):
         return build_nbody_model(self.architecture, self.model_kwargs if config is None else config)
 
     def n_train_batches(self) -> int:

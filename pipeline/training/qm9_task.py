@@ -87,11 +87,16 @@ class QM9Task:
         self.model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
         self.unit = PAPER_UNITS.get(self.target, "source units")
 
-    def build_model(self, config: dict | None = None):
+    @classmethod
+    def model_for(cls, cfg, config: dict | None = None):
         """:class:`models.QM9Model` from ``model.*`` (or from a saved ``model.config``)."""
         from invattn.models import build_model
 
-        return build_model("qm9", **(self.model_kwargs if config is None else config))
+        kwargs = OmegaConf.to_container(cfg.model, resolve=True) if config is None else config
+        return build_model("qm9", **kwargs)
+
+    def build_model(self, config: dict | None = None):
+        return self.model_for(None, self.model_kwargs if config is None else config)
 
     def n_train_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)

@@ -58,8 +58,20 @@ class Task(Protocol):
     def model_label(cls, cfg) -> str:
         """How result tables name the model of the training config ``cfg`` (``SE3``, ``EGNN``...)."""
 
+    @classmethod
+    def model_for(cls, cfg, config: dict | None = None):
+        """The model of training config ``cfg`` (via :func:`models.build_model`), without loading
+        data: training builds it so, and a sweep checks every point of its grid before Ray starts.
+        ``config``: a saved ``model.config`` to rebuild instead.
+
+        Raises
+        ------
+        ValueError, TypeError
+            The model refuses a setting (the message names it).
+        """
+
     def build_model(self, config: dict | None = None):
-        """The model, via :func:`models.build_model`; ``config``: a saved ``model.config`` to rebuild."""
+        """``model_for`` of this task's config."""
 
     def n_train_batches(self) -> int: ...
 
