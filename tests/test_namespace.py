@@ -75,6 +75,15 @@ def test_built_wheel_runs_from_its_own_files(tmp_path):
                      "invattn/configs/sweep/demo.yaml", "invattn/pipeline/qm9/uncharacterized_ids.txt"):
         assert expected in names, expected
     assert not [n for n in names if n.split("/")[0] in TOP_LEVEL], "a bare top-level package in the wheel"
+    # every module and config of the checkout is in the wheel (a new subpackage must be listed in
+    # pyproject's `packages`, or a non-editable install silently lacks it)
+    shipped = {f"invattn/{p.relative_to(REPO / 'invattn')}" for p in (REPO / "invattn").glob("*.py")}
+    for folder in (*TOP_LEVEL, "configs"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+                shipped.add(f"invattn/{path.relative_to(REPO)}")
+    missing = sorted(shipped - set(names))
+    assert not missing, f"not in the wheel (add the package to pyproject.toml): {missing}"
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     project = user_project(tmp_path)
