@@ -78,3 +78,17 @@ def test_sweep_refuses_a_3d_group_on_2d_data_before_ray(nbody_2d, tmp_path, caps
               "search.lr=[1e-3]"])
     assert rc == 2
     assert "search.groups entries must be E3, SE3 (E2, SE2 for 2D data" in capsys.readouterr().err
+
+
+def test_2d_rotation_augmentation_and_evaluate(nbody_2d, tmp_path, capsys):
+    """data.augment_rotations draws 2D rotations; `invattn evaluate` rebuilds the SE2 model from its
+    checkpoint and reproduces the training run's test metrics."""
+    run = tmp_path / "aug"
+    assert cli(["train", f"data.dir={nbody_2d}", f"run_dir={run}", "model.group=SE2", "train.epochs=1",
+                "data.augment_rotations=true", *FAST]) == 0
+    out = capsys.readouterr().out
+    trained = json.loads(out[out.rindex("{"):])
+    assert cli(["evaluate", f"checkpoint={run / 'checkpoints' / 'last.pt'}"]) == 0
+    out = capsys.readouterr().out
+    evaluated = json.loads(out[out.rindex("{"):])
+    assert evaluated["test_mse_x"] == pytest.approx(trained["test_mse_x"], rel=1e-6)
