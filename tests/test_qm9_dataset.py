@@ -89,3 +89,20 @@ def test_bad_arguments(out, tmp_path):
         QM9Dataset(tmp_path, "train", "homo")
     with pytest.raises(ValueError, match="at least one"):
         collate_qm9([])
+
+
+def test_both_readers_decode_the_shards_through_one_decoder(out):
+    from invattn.pipeline.qm9.reader import Molecules, read_molecules
+
+    every, one_by_one = read_molecules(out), list(read_processed(out))  # 4 shards of <= 150
+    assert len(every) == len(one_by_one) == 500 and every.atom_offsets[-1] == len(every.positions)
+    for k in (0, 149, 150, 499):  # both sides of a shard boundary
+        got, want = every.molecule(k), one_by_one[k]
+        assert got["gdb_id"] == want["gdb_id"] and got["targets"] == want["targets"]
+        assert np.array_equal(got["positions"], want["positions"])
+        assert np.array_equal(got["bonds"]["pairs"], want["bonds"]["pairs"])
+    valid, ds = read_molecules(out, "valid"), QM9Dataset(out, "valid", "gap")
+    assert len(valid) == len(ds) == 68 and (valid.split == 1).all()
+    assert valid.molecule(7)["gdb_id"] == int(ds[7]["gdb_id"])
+    assert torch.equal(ds[7]["positions"], torch.from_numpy(valid.molecule(7)["positions"]))
+    assert len(Molecules.concatenate([])) == 0 and len(every.select(every.split == 9)) == 0

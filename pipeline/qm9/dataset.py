@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from invattn.pipeline.qm9.parse import TARGET_NAMES
-from invattn.pipeline.qm9.reader import iter_shards, load_manifest
+from invattn.pipeline.qm9.reader import load_manifest, read_molecules
 from invattn.pipeline.qm9.split import SPLIT_CODES
 
 __all__ = ["QM9Dataset", "QM9Batch", "collate_qm9", "target_statistics"]
@@ -92,31 +92,16 @@ class QM9Dataset(Dataset):
             raise ValueError(f"unknown QM9 target {target!r}; choose one of {' '.join(TARGET_NAMES)}")
         self.out_dir, self.split, self.target = Path(out_dir), split, target
         self.manifest = load_manifest(out_dir)
-        col, code = TARGET_NAMES.index(target), SPLIT_CODES[split]
-        z, pos, bonds, n_atoms, n_bonds, y, ids, failed = [], [], [], [], [], [], [], []
-        for a in iter_shards(out_dir, self.manifest):
-            keep = a["split"] == code
-            sel = np.nonzero(keep)[0]
-            ao, bo = a["atom_offsets"], a["bond_offsets"]
-            atom_keep = np.repeat(keep, np.diff(ao))  # per-molecule choice spread over its atoms
-            z.append(a["atomic_numbers"][atom_keep])
-            pos.append(a["positions"][atom_keep])
-            bonds.append(a["bonds"][np.repeat(keep, np.diff(bo))])
-            n_atoms.append(np.diff(ao)[sel])
-            n_bonds.append(np.diff(bo)[sel])
-            y.append(a["targets"][sel, col])
-            ids.append(a["gdb_id"][sel])
-            failed.append(a["bond_perception_failed"][sel])
+        mols = read_molecules(out_dir, split, self.manifest)
         # Concatenated storage with offsets: one tensor per field instead of 100k small ones.
-        cat = lambda parts, shape, dt: np.concatenate(parts) if parts else np.zeros(shape, dt)  # noqa: E731
-        self._z = torch.from_numpy(cat(z, (0,), np.uint8).astype(np.int64))
-        self._pos = torch.from_numpy(cat(pos, (0, 3), np.float64))
-        self._bonds = torch.from_numpy(cat(bonds, (0, 3), np.int32).astype(np.int64))
-        self._atom_off = torch.from_numpy(np.concatenate([[0], np.cumsum(cat(n_atoms, (0,), np.int64))]))
-        self._bond_off = torch.from_numpy(np.concatenate([[0], np.cumsum(cat(n_bonds, (0,), np.int64))]))
-        self.targets = torch.from_numpy(cat(y, (0,), np.float64))
-        self.gdb_ids = torch.from_numpy(cat(ids, (0,), np.int64))
-        self.bond_perception_failed = torch.from_numpy(cat(failed, (0,), bool))
+        self._z = torch.from_numpy(mols.atomic_numbers.astype(np.int64))
+        self._pos = torch.from_numpy(mols.positions)
+        self._bonds = torch.from_numpy(mols.bonds.astype(np.int64))
+        self._atom_off = torch.from_numpy(mols.atom_offsets)
+        self._bond_off = torch.from_numpy(mols.bond_offsets)
+        self.targets = torch.from_numpy(np.ascontiguousarray(mols.targets[:, TARGET_NAMES.index(target)]))
+        self.gdb_ids = torch.from_numpy(mols.gdb_id.astype(np.int64))
+        self.bond_perception_failed = torch.from_numpy(mols.bond_perception_failed.astype(bool))
 
     def __len__(self) -> int:
         return len(self.targets)
