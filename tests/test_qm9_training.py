@@ -58,3 +58,24 @@ def test_normalization_comes_from_training_split_and_is_saved(qm9_sample, tmp_pa
     assert state["target"] == "gap" and state["mean"] == pytest.approx(task.mean)
     with pytest.raises(ValueError, match="target"):
         train(qm9_cfg(qm9_sample, tmp_path / "run", "target=homo"))
+
+
+def test_interrupted_qm9_run_resumes_to_the_same_result(qm9_sample, tmp_path):
+    # Before issue 14 every QM9 resume was refused: the N-body-only run-defining keys
+    # (architecture, data.val_sims, ...) compared their defaults with None.
+    full = train(qm9_cfg(qm9_sample, tmp_path / "full", "train.epochs=2"))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(metrics, _ckpt_dir):
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    cut = qm9_cfg(qm9_sample, tmp_path / "cut", "train.epochs=2")
+    with pytest.raises(Stop):
+        train(cut, reporter=stop_after_one)
+    resumed = train(cut)
+    for key in ("train_loss", "valid_mae", "test_mae"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-9, abs=0), key
+    assert [r["epoch"] for r in MetricsLog.read(tmp_path / "cut" / "metrics.jsonl")] == [1, 2]
