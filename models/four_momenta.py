@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from invattn.checks import check_int
 from invattn.models.backbone import EquivariantTransformer, validate_sizes
 from invattn.models.equivariant_map import EquivariantMap
 from invattn.models.features import Features, FeatureShape
@@ -60,9 +61,7 @@ class FourMomentumModel(nn.Module):
         validate_sizes(n_layers=n_layers, vectors=vectors, scalars=scalars, heads=heads,
                        query_vectors=query_vectors, query_scalars=query_scalars, mlp_hidden=mlp_hidden,
                        readout=readout)
-        if isinstance(labels, bool) or not isinstance(labels, int) or labels < 0:
-            raise ValueError(f"labels must be a non-negative integer, got {labels!r}")
-        self.labels = labels
+        self.labels = check_int("labels", labels, 0)
         hidden = FeatureShape(vectors, scalars)
         self.backbone = EquivariantTransformer(
             in_shape=FeatureShape(1, labels), hidden_shape=hidden, edge_dim=0, n_layers=n_layers, heads=heads,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 from invattn.checks import check_bool, check_int, is_number
+from invattn.files import TMP_MARK
 from invattn.simulator import io
 from invattn.simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
 from invattn.simulator.initial import initial_conditions
@@ -430,7 +431,7 @@ def merge(out, n_shards: int, overwrite: bool = False, log=print) -> list[Path]:
                         identity["n_bodies"], identity["dim"], attrs, replace=overwrite)
         log(f"{target}: {identity['n_sims_total']} simulations from {n_shards} shards")
         written.append(target)
-    stale = sorted(out.glob(".*.shard-*.h5.tmp-*"))
+    stale = sorted(out.glob(f".*.shard-*.h5{TMP_MARK}*"))
     if stale:
         log(f"note: {len(stale)} temporary file(s) of interrupted shard attempts remain in {out} "
             f"(e.g. {stale[0].name}); delete them once no simulate job is running")
