@@ -70,7 +70,7 @@ def param_space(search: DictConfig) -> dict:
         bad = sorted(g for g in groups if g != "EGNN" and not _euclidean_group(g))
         if bad:
             raise ValueError(f"search.groups entries must be E3, SE3 (E2, SE2 for 2D data, E<d>/SE<d>) "
-                             f"or EGNN (the baseline), got {bad}")
+                             f"or EGNN (the baseline), got {bad}; the paper's 3D comparison is E3, SE3 or EGNN")
         space["group"] = tune.grid_search(groups)
     lr_by_group = search.get("lr_by_group")
     if lr_by_group:
