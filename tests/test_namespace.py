@@ -5,6 +5,7 @@ A research project commonly has its own ``models`` or ``pipeline`` package (EGNN
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -66,9 +67,17 @@ def test_built_wheel_runs_from_its_own_files(tmp_path):
     """``pip install .`` (non-editable): the wheel holds the code under ``invattn/`` and the configs as
     package data; unpacked alone (the editable checkout's import hook removed), ``invattn demo --help``
     runs and imports beside a user's ``models`` package."""
+    # Build from a copy of the tracked files (as `pip install` from a fresh clone would): building in
+    # the checkout would leave a build/ folder whose stale modules a later wheel could pick up.
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    source = tmp_path / "source"
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(REPO)], check=True, timeout=600, capture_output=True)
+                    "-w", str(wheels), str(source)], check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("invattn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("invattn/models/attention.py", "invattn/cli.py", "invattn/configs/train_nbody.yaml",
