@@ -119,7 +119,7 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     space = None if sweep_cfg.resume else param_space(sweep_cfg.search)  # validates the grid
     check_data(train_cfg, [str(g) for g in (sweep_cfg.search.get("groups") or [])])
     if space is not None:  # before Ray starts: settings every trial would die of
-        from invattn.pipeline.training.loop import _validate as validate_training
+        from invattn.pipeline.training.loop import validate_settings as validate_training
         from invattn.sweeps.space import check_space_against_model
 
         validate_training(apply_trial_params(train_cfg, {"lr": 1.0, "subdeterminants": "all"}))

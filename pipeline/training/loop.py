@@ -28,7 +28,7 @@ from invattn.pipeline.training.run_lock import run_dir_lock
 from invattn.pipeline.training.schedule import lr_factor
 from invattn.pipeline.training.task import make_task
 
-__all__ = ["train", "fit", "train_epoch", "evaluate", "build_run", "build_optimizer", "make_task",
+__all__ = ["train", "fit", "train_epoch", "evaluate", "build_run", "build_optimizer", "validate_settings", "make_task",
            "resolve_device", "checkpoint_path", "count_parameters"]
 
 ReportFn = Callable[[dict, Path], None]
@@ -47,8 +47,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _validate(cfg: DictConfig) -> None:
-    """Clear errors for settings that would otherwise fail deep inside training."""
+def validate_settings(cfg: DictConfig) -> None:
+    """Clear errors for settings that would otherwise fail deep inside training (also run by a
+    sweep before it starts any trial). Raises ``ValueError`` naming the key."""
     for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.eval_every"):
         check_int(key, OmegaConf.select(cfg, key), 1)
     check_int("train.num_threads", OmegaConf.select(cfg, "train.num_threads"), 0)
@@ -99,7 +100,7 @@ def train(cfg: DictConfig, *, reporter: ReportFn | None = None,
         A checkpoint could not be written (e.g. no space left on device); the previous
         checkpoint is kept.
     """
-    _validate(cfg)
+    validate_settings(cfg)
     keep_freed_memory()  # no page faults on the per-step tensors (see pipeline/training/malloc.py)
     # Build everything a setting can refuse before run_dir is created and locked, so a refused
     # run leaves no empty run_dir behind (and never touches an existing one).
