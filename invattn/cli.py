@@ -74,10 +74,18 @@ def command_config(name: str, args: list[str]) -> str:
     return task_class(next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "nbody")).config_name
 
 
+def _print_help(*parts: str) -> None:
+    """Print help text; a reader that leaves early (``invattn --help | head``) is not an error."""
+    try:
+        print("\n".join(parts), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
+        _print_help(_usage())
         return 0
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
@@ -96,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invattn {name}: error: {exc}", file=sys.stderr)
         return 2
     if any(a in ("-h", "--help") for a in args):
-        try:
-            print(f"invattn {name}: {summary}\n")
-            print(describe_keys(config_name), flush=True)
-        except BrokenPipeError:  # `invattn train --help | head`: the reader left early
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _print_help(f"invattn {name}: {summary}\n", describe_keys(config_name))
         return 0
     return run_guarded(
         name, lambda: getattr(importlib.import_module(module), func)(load_config(config_name, args)))

@@ -72,9 +72,10 @@ def test_interrupt_says_how_to_continue(capsys):
     assert "resume=true" in capsys.readouterr().err
 
 
-def test_help_into_a_closed_pipe_has_no_traceback():
+@pytest.mark.parametrize("args", [["train", "--help"], ["--help"]])
+def test_help_into_a_closed_pipe_has_no_traceback(args):
     # `invattn train --help | head -1`: the reader goes away before the keys are printed.
-    proc = subprocess.Popen([sys.executable, "-m", "invattn.cli", "train", "--help"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "invattn.cli", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()
