@@ -231,7 +231,7 @@ def update_markdown(path: Path, record: dict, benchmark: str = "table1") -> None
         raise ValueError(f"{path} lacks the markers {begin!r} ... {end!r}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{markdown_table(record, benchmark)}\n{end}{tail}")
+    write_atomic(path, f"{head}{begin}\n{markdown_table(record, benchmark)}\n{end}{tail}")
 
 
 # Horizontal reference lines of each benchmark's plot: (label, panel, value).
@@ -393,7 +393,7 @@ def _publish(cfg: DictConfig, final_dir: Path) -> int:
     command = saved.read_text().strip() if cfg.publish_only and saved.is_file() else (
         f"invattn {name} " + " ".join(shlex.quote(a) for a in sys.argv[2:])).strip()
     if not cfg.publish_only:
-        saved.write_text(command + "\n")
+        write_atomic(saved, command + "\n")
     protocol = {"benchmark": str(cfg.benchmark), "data_dir": str(cfg.data_dir),
                 "simulate_preset": str(cfg.simulate_preset),
                 "sweep_presets": [str(cfg.lr_preset), str(cfg.final_preset)],

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from invattn.files import write_atomic
 from invattn.pipeline.training.loop import resolve_device, train
 from invattn.pipeline.training.run_checkpoint import load_trained
 from invattn.pipeline.training.task import task_class
@@ -59,5 +60,5 @@ def evaluate_command(cfg: DictConfig) -> int:
     metrics, run_cfg = _evaluate(cfg.checkpoint, cfg.data_dir, cfg.device)
     text = _print_metrics(run_cfg, metrics)
     if cfg.output:
-        Path(cfg.output).write_text(text + "\n")
+        write_atomic(Path(cfg.output), text + "\n")
     return 0
