@@ -114,13 +114,14 @@ def test_atomic_write_fsyncs_before_the_rename(tmp_path, monkeypatch):
 
 
 def test_no_other_module_renames_files_into_place():
-    """``os.replace`` / ``.replace(`` of a temporary file appears only in invattn/files.py."""
+    """``os.replace`` / ``.replace(`` of a temporary file appears only in invattn/files.py, and no
+    module writes a whole file in place (``write_text``/``write_bytes``: a crash leaves half a file)."""
     offenders = []
     for path in _modules().values():
         if path.name == "files.py" and path.parent.name == "invattn":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if "os.replace(" in line or "os.rename(" in line or "fsync(" in line:
+            if any(call in line for call in ("os.replace(", "os.rename(", "fsync(", ".write_text(", ".write_bytes(")):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 
