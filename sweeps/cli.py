@@ -8,6 +8,8 @@ training preset.  Trials always resume from their own checkpoints.)
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from invattn.pipeline.config import ConfigError, describe_keys, load_config
@@ -16,7 +18,10 @@ from invattn.pipeline.training.task import task_class
 __all__ = ["sweep_command", "load_sweep_configs", "can_resume_main"]
 
 def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
-    """(sweep config, training config) from command-line overrides."""
+    """(sweep config, training config) from command-line overrides.
+
+    With ``resume=true`` and a saved sweep, its saved configs (see :func:`_saved_configs`).
+    """
     from omegaconf import OmegaConf
 
     from invattn.pipeline.config import config_dir
@@ -30,6 +35,11 @@ def load_sweep_configs(argv: list[str]) -> tuple[DictConfig, DictConfig]:
         saved = _saved_configs(sweep_cfg, sweep_args, train_args)
         if saved is not None:
             return saved
+    return _fresh_configs(sweep_cfg, train_args)
+
+
+def _fresh_configs(sweep_cfg: DictConfig, train_args: list[str]) -> tuple[DictConfig, DictConfig]:
+    """The training config of a new sweep, and the sweep's metric defaults filled in."""
     # The sweep's own training overrides come first, so the command line's win.
     train_args = [str(a) for a in (sweep_cfg.get("train_overrides") or [])] + train_args
     if sweep_cfg.train_preset and not any(a.startswith("preset=") for a in train_args):
@@ -69,6 +79,9 @@ RESUME_KEYS = ("resume", "name", "results_dir", "storage_path", "launcher", "ray
 def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: list[str]):
     """The configs saved by the sweep being resumed, with this run's placement settings.
 
+    Overrides that repeat the saved values are accepted (``slurm/sweep.sh`` passes the first
+    run's command line again on a requeue).
+
     Raises
     ------
     ValueError
@@ -81,16 +94,28 @@ def _saved_configs(sweep_cfg: DictConfig, sweep_args: list[str], train_args: lis
     folder = SweepLayout.of(sweep_cfg).results
     if not (folder / "sweep.yaml").is_file() or not (folder / "train.yaml").is_file():
         return None
-    changed = [a.split("=", 1)[0] for a in sweep_args
-               if "=" in a and a.split("=", 1)[0].split(".", 1)[0] not in RESUME_KEYS]
-    changed += [a.split("=", 1)[0] for a in train_args]
-    if changed:
-        raise ValueError(f"resume=true continues sweep {sweep_cfg.name!r} with its saved settings "
-                         f"({folder}/sweep.yaml, train.yaml); it cannot change {', '.join(changed)}")
+    key_of = lambda a: a.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    sweep_changes = [key_of(a) for a in sweep_args
+                     if "=" in a and key_of(a).split(".", 1)[0] not in RESUME_KEYS]
+    train_changes = [key_of(a) for a in train_args]
     saved = OmegaConf.load(folder / "sweep.yaml")
+    train_cfg = OmegaConf.load(folder / "train.yaml")
+    if sweep_changes or train_changes:
+        # Repeating the sweep's own settings is no change: a requeued slurm/sweep.sh job (or a
+        # user re-running the command with resume=true) passes every override of the first run.
+        fresh_sweep, fresh_train = _fresh_configs(sweep_cfg.copy(), train_args)
+        if fresh_train.get("data") is not None and fresh_train.data.get("dir") is not None:
+            fresh_train.data.dir = str(Path(fresh_train.data.dir).resolve())  # saved resolved
+        changed = [k for k in sweep_changes
+                   if OmegaConf.select(fresh_sweep, k) != OmegaConf.select(saved, k)]
+        changed += [k for k in train_changes
+                    if OmegaConf.select(fresh_train, k) != OmegaConf.select(train_cfg, k)]
+        if changed:
+            raise ValueError(f"resume=true continues sweep {sweep_cfg.name!r} with its saved settings "
+                             f"({folder}/sweep.yaml, train.yaml); it cannot change "
+                             f"{', '.join(dict.fromkeys(changed))}")
     for key in ("resume", "launcher", "ray", "submitit", "verbose", "storage_path", "allow_failed_trials"):
         saved[key] = sweep_cfg[key]
-    train_cfg = OmegaConf.load(folder / "train.yaml")
     OmegaConf.set_struct(saved, True)
     OmegaConf.set_struct(train_cfg, True)
     return saved, train_cfg

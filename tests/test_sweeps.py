@@ -132,6 +132,25 @@ def test_resume_refuses_changed_settings(nbody_tiny, tmp_path):
     assert train_again.data.dir == str(nbody_tiny) and again.resume
 
 
+def test_resume_accepts_the_first_runs_overrides_again(nbody_tiny, tmp_path, monkeypatch):
+    """A requeued slurm/sweep.sh job, or a user adding resume=true to the same command, repeats
+    every override of the first run (data.dir relative, as typed): that changes nothing."""
+    from invattn.sweeps.runner import _absolute_paths, save_configs
+
+    monkeypatch.chdir(nbody_tiny.parent)
+    args = [f"results_dir={tmp_path}", "name=again", f"data.dir={nbody_tiny.name}", "verbose=0", *TRAIN,
+            "search.lr=[1e-3,3e-3]", "search.subdeterminants=[all,4]"]
+    sweep_cfg, train_cfg = load_sweep_configs(args)
+    save_configs(tmp_path / "again", sweep_cfg, _absolute_paths(train_cfg))  # as run_sweep saves them
+    again, train_again = load_sweep_configs([*args, "resume=true", "ray.num_cpus=1"])
+    assert again.resume and list(again.search.lr) == [1e-3, 3e-3]
+    assert train_again.data.dir == str(nbody_tiny.resolve()) and train_again.train.epochs == 2
+    with pytest.raises(ValueError, match="cannot change train.epochs$"):
+        load_sweep_configs([*args, "resume=true", "train.epochs=3"])
+    with pytest.raises(ValueError, match="cannot change search.subdeterminants$"):
+        load_sweep_configs([*args[:-1], "search.subdeterminants=[all]", "resume=true"])
+
+
 def test_bad_sweep_settings_are_named(nbody_tiny, tmp_path):
     from invattn.pipeline.config import ConfigError
 
