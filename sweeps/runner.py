@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from invattn.checks import check_bool
 from invattn.files import write_atomic
 
-__all__ = ["run_sweep", "results_table"]
+__all__ = ["run_sweep", "results_table", "best_trial_summary"]
 
 
 
@@ -63,6 +63,19 @@ def results_table(experiment_path: Path, metric_columns: list[str]):
             row[col] = metrics.get(col)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def best_trial_summary(params: dict, metrics: dict, columns: list[str], with_seed: bool = False) -> str:
+    """``group=E2 lr=0.001 subdeterminants=all test_mse_x=0.3692 ...``: what a trial searched over
+    (its group when ``search.groups`` is swept, its seed when ``with_seed``) and its metric columns."""
+    lr = params.get("lr", (params.get("lr_by_group") or {}).get(params.get("group")))
+    parts = [f"group={params['group']}"] if params.get("group") is not None else []
+    parts.append(f"lr={lr:.3g}" if isinstance(lr, (int, float)) else f"lr={lr}")
+    parts.append(f"subdeterminants={params.get('subdeterminants')}")
+    if with_seed:
+        parts.append(f"seed={params.get('seed')}")
+    parts += [f"{c}={metrics.get(c):.4g}" for c in columns if isinstance(metrics.get(c), (int, float))]
+    return " ".join(parts)
 
 
 def _last_line(error) -> str:
@@ -200,11 +213,9 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
         print("\nTrials:\n" + table.to_string(index=False), flush=True)
-    best_lr = best.config.get("lr", (best.config.get("lr_by_group") or {}).get(best.config.get("group")))
-    print(f"\nBest trial ({metric}, {mode}): lr={best_lr:.3g} "
-          f"subdeterminants={best.config.get('subdeterminants')} "
-          + " ".join(f"{c}={best.metrics.get(c):.4g}" for c in metric_columns
-                     if isinstance(best.metrics.get(c), (int, float))), flush=True)
+    seeds_swept = len(sweep_cfg.search.get("seeds") or []) > 1
+    print(f"\nBest trial ({metric}, {mode}): "
+          + best_trial_summary(best.config, best.metrics, metric_columns, with_seed=seeds_swept), flush=True)
     print(f"results: {out_dir}/trials.csv and {out_dir}/best.json", flush=True)
     # Ray's banner points TensorBoard at its temporary session folder; the trials' logs are here.
     print(f"TensorBoard (every trial's run/tensorboard): tensorboard --logdir {exp_path}", flush=True)

@@ -180,3 +180,21 @@ def test_demo_sweep_ranks_by_validation_mse_on_held_out_training_simulations():
     with pytest.raises(ConfigError, match="metric=val_mse_x .* data.val_sims is 0"):
         load_sweep_configs(["preset=demo", "data.val_sims=0"])
     assert load_sweep_configs([])[0].metric == "test_mse_x"  # other sweeps keep their default
+
+
+def test_best_trial_line_names_the_swept_group_and_seed():
+    """With search.groups=[E2,SE2] two trials share lr and subdeterminants: the best-trial line
+    must say which group won (best.json always did; the printed line did not)."""
+    from invattn.sweeps.runner import best_trial_summary
+
+    metrics = {"test_mse_x": 0.36924, "test_mse_v": 1.2859, "epoch": 1}
+    line = best_trial_summary({"group": "E2", "lr": 1e-3, "subdeterminants": "all", "seed": 0}, metrics,
+                              ["test_mse_x", "test_mse_v"])
+    assert line == "group=E2 lr=0.001 subdeterminants=all test_mse_x=0.3692 test_mse_v=1.286"
+    line = best_trial_summary({"lr": 3e-3, "subdeterminants": 4, "seed": 2}, metrics, ["test_mse_x"],
+                              with_seed=True)
+    assert line == "lr=0.003 subdeterminants=4 seed=2 test_mse_x=0.3692"
+    # search.lr_by_group: the lr comes from the winning group's entry
+    line = best_trial_summary({"group": "SE3", "lr_by_group": {"E3": 1e-3, "SE3": 3e-4},
+                               "subdeterminants": "all"}, metrics, [])
+    assert line == "group=SE3 lr=0.0003 subdeterminants=all"
