@@ -1,4 +1,4 @@
-"""The shared value checks: integers that are not booleans, real numbers, booleans.
+"""The shared value checks: integers that are not booleans, real numbers, booleans, folders.
 
 Python's ``bool`` is a subclass of ``int``, so ``isinstance(True, int)`` holds and a config value
 ``epochs: true`` would pass a plain ``isinstance`` test as ``1``.  Every layer (models,
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
-__all__ = ["is_int", "is_number", "check_int", "check_bool"]
+__all__ = ["is_int", "is_number", "check_int", "check_bool", "check_folder"]
 
 
 def is_int(value) -> bool:
@@ -54,3 +55,25 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def check_folder(name: str, path) -> Path:
+    """``Path(path)`` if it is a folder or could be made one (nothing on the way is a file).
+
+    Called before any work, so a command that would train for minutes does not fail at its
+    first write; the folder itself is not created.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> <path> is a file, not a folder; choose another <name>"``, or ``"... is inside
+        <file>, which is a file, not a folder; ..."`` when one of its parents is a file.
+    """
+    path = Path(str(path))
+    for part in (path, *path.parents):
+        if part.exists():
+            if part.is_dir():
+                return path
+            where = "is a file, not a folder" if part == path else f"is inside {part}, which is a file, not a folder"
+            raise ValueError(f"{name} {path} {where}; choose another {name}")
+    return path

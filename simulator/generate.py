@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from invattn.checks import check_bool, check_int, is_number
+from invattn.checks import check_bool, check_folder, check_int, is_number
 from invattn.files import TMP_MARK
 from invattn.simulator import io
 from invattn.simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
@@ -105,6 +105,7 @@ class SimulationSettings:
             raise ValueError(f"missing config key(s) for simulate: {', '.join(missing)}")
         if not isinstance(cfg["out"], str) or not cfg["out"].strip():
             raise ValueError(f"config key out must be a directory path, got {cfg['out']!r}")
+        check_folder("out", cfg["out"])  # not at the first write, after the compile and the size checks
         n_steps, sample_freq = _int(cfg, "n_steps", 1), _int(cfg, "sample_freq", 1)
         try:
             n_frames_for(n_steps, sample_freq)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from invattn.checks import check_bool
+from invattn.checks import check_bool, check_folder
 from invattn.files import write_atomic
 
 __all__ = ["run_sweep", "results_table", "best_trial_summary"]
@@ -142,8 +142,14 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     cpus, gpus = float(sweep_cfg.resources.cpus_per_trial), float(sweep_cfg.resources.gpus_per_trial)
     if cpus <= 0 or gpus < 0:
         raise ValueError(f"resources.cpus_per_trial must be > 0 and gpus_per_trial >= 0 (got {cpus}, {gpus})")
+    check_folder("results_dir", sweep_cfg.results_dir)  # before Ray starts, as the checks below
+    if sweep_cfg.get("storage_path"):
+        check_folder("storage_path", sweep_cfg.storage_path)
     if bool(sweep_cfg.resume) and not tune.Tuner.can_restore(str(exp_path)):
         raise ValueError(f"resume=true but there is no sweep to resume at {exp_path}")
+    if not bool(sweep_cfg.resume) and exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
+        raise FileExistsError(f"a sweep named {sweep_cfg.name!r} already exists at {exp_path}; "
+                              f"pass resume=true to continue it or choose another name=")
     ctx = connect(sweep_cfg.ray)
     if gpus == 0 and sweep_cfg.resources.auto_gpu and ray.cluster_resources().get("GPU", 0) > 0:
         gpus = 1.0  # SLURM gave us GPUs: one per trial unless told otherwise
@@ -160,9 +166,6 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
         print(f"resuming sweep from {exp_path}", flush=True)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
-        if exp_path.exists() and tune.Tuner.can_restore(str(exp_path)):
-            raise FileExistsError(f"a sweep named {sweep_cfg.name!r} already exists at {exp_path}; "
-                                  f"pass resume=true to continue it or choose another name=")
         tuner = tune.Tuner(
             trainable,
             param_space=space,

@@ -97,3 +97,57 @@ def test_reproduction_counts_fail_before_step_1(tmp_path, capsys, override, mess
     assert cli(argv) == 2
     assert one_error_line(capsys, "reproduce-table1").endswith(message)
     assert not data.exists() and not (tmp_path / "results").exists()
+
+
+def test_check_folder_names_the_file_in_the_way(tmp_path):
+    from invattn.checks import check_folder
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    assert check_folder("out", tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists(), "a check creates nothing"
+    with pytest.raises(ValueError, match=f"^out {note} is a file, not a folder; choose another out$"):
+        check_folder("out", note)
+    with pytest.raises(ValueError, match=f"^out {note / 'a' / 'b'} is inside {note}, which is a file"):
+        check_folder("out", note / "a" / "b")
+
+
+def test_folders_inside_a_file_are_named_before_any_work(nbody_tiny, tmp_path, capsys):
+    """A run_dir/out/output/results_dir under a file: one line naming the key, before training
+    (lorentz trained both models, then died at its first write with a bare '[Errno 17]')."""
+    import time
+
+    import ray
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    inside = f"is inside {note}, which is a file, not a folder"
+    assert cli(["train", f"data.dir={nbody_tiny}", f"run_dir={note / 'run'}"]) == 2
+    assert one_error_line(capsys, "train").endswith(f"run_dir {note / 'run'} {inside}; choose another run_dir")
+    for out in (note, note / "data"):
+        assert cli(["simulate", f"out={out}", "n_train=2", "n_test=2"]) == 2
+        assert f"out {out} " in one_error_line(capsys, "simulate")
+    start = time.monotonic()
+    assert cli(["lorentz", f"out={note / 'l'}", "n_train=400", "n_test=100", "epochs=3"]) == 2
+    assert one_error_line(capsys, "lorentz").endswith(f"out {note / 'l'} {inside}; choose another out")
+    assert time.monotonic() - start < 5, "refused after training"
+    # evaluate checks output= before it reads the checkpoint
+    assert cli(["evaluate", f"checkpoint={tmp_path / 'never.pt'}", f"output={note / 'm.json'}"]) == 2
+    assert one_error_line(capsys, "evaluate").endswith(f"output {note / 'm.json'} {inside}; choose another output")
+    assert cli(["evaluate", f"checkpoint={tmp_path / 'never.pt'}", f"output={tmp_path}"]) == 2
+    assert one_error_line(capsys, "evaluate").endswith(f"give the JSON file's path, e.g. output={tmp_path / 'metrics.json'}")
+    # the sweep refuses before Ray starts
+    assert cli(["sweep", f"results_dir={note}", f"data.dir={nbody_tiny}", "search.lr=[1e-3]"]) == 2
+    assert one_error_line(capsys, "sweep").endswith(f"results_dir {note} is a file, not a folder; choose another results_dir")
+    assert not ray.is_initialized()
+    assert note.read_text() == "mine\n"
+
+
+def test_one_dimensional_data_points_to_the_egnn(tmp_path, capsys):
+    """The simulator writes dim=1; no attention group is 1D, and 'use model.group=E1' named none."""
+    data = tmp_path / "d1"
+    assert cli(["simulate", f"out={data}", "dim=1", "n_train=4", "n_test=2", "n_bodies=3"]) == 0
+    capsys.readouterr()
+    assert cli(["train", f"data.dir={data}", f"run_dir={tmp_path / 'run'}"]) == 2
+    line = one_error_line(capsys, "train")
+    assert "holds 1D trajectories" in line and "architecture=egnn" in line and "E1" not in line

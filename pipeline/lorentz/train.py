@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from invattn.checks import check_int
+from invattn.checks import check_folder, check_int
 from invattn.files import write_atomic
 from invattn.pipeline.lorentz.events import Events, boosted, make_events
 
@@ -87,8 +87,8 @@ def lorentz_command(cfg: DictConfig) -> int:
     threads = int(cfg.num_threads)
     if threads > 0:
         torch.set_num_threads(threads)
+    out = check_folder("out", cfg.out)  # before training, not at the end of it
     results = train_and_test(cfg)
-    out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "metrics.json", json.dumps({"config": OmegaConf.to_container(cfg), "results": results}, indent=2))
     print(f"{'model':34s} {'params':>7s} {'train s':>8s}  {'MAE test':>9s} {'MAE boosted':>12s}  "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from invattn.checks import check_folder
 from invattn.files import write_atomic
 from invattn.pipeline.training.loop import resolve_device, train
 from invattn.pipeline.training.run_checkpoint import load_trained
@@ -57,8 +58,15 @@ def _evaluate(checkpoint, data_dir, device) -> tuple[dict, DictConfig]:
 def evaluate_command(cfg: DictConfig) -> int:
     if not cfg.checkpoint:
         raise ValueError("checkpoint=PATH is required (e.g. runs/nbody/checkpoints/last.pt)")
+    output = Path(str(cfg.output)) if cfg.output else None
+    if output is not None:  # checked before the evaluation, not after it
+        if output.is_dir():
+            raise ValueError(f"output {output} is a folder; give the JSON file's path, e.g. "
+                             f"output={output / 'metrics.json'}")
+        if not output.exists():
+            check_folder("output", output)  # none of its parents is a file
     metrics, run_cfg = _evaluate(cfg.checkpoint, cfg.data_dir, cfg.device)
     text = _print_metrics(run_cfg, metrics)
-    if cfg.output:
-        write_atomic(Path(cfg.output), text + "\n")
+    if output is not None:
+        write_atomic(output, text + "\n")
     return 0

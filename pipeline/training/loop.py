@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from invattn.checks import check_int, is_number
+from invattn.checks import check_folder, check_int, is_number
 from invattn.pipeline.training.callbacks import Callback, Console, MetricsFile, ProgressBar, Reporter
 from invattn.pipeline.training.checkpoint import write_text_atomic
 from invattn.pipeline.training.malloc import keep_freed_memory
@@ -75,9 +75,7 @@ def validate_settings(cfg: DictConfig) -> None:
     progress = OmegaConf.select(cfg, "train.progress", default="auto")
     if progress not in ("auto", True, False):
         raise ValueError(f"train.progress must be auto, true or false, got {progress!r}")
-    run_dir = Path(str(cfg.run_dir))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run_dir {run_dir} is a file, not a folder; choose another run_dir")
+    check_folder("run_dir", cfg.run_dir)
 
 
 def train(cfg: DictConfig, *, reporter: ReportFn | None = None,

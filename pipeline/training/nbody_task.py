@@ -54,6 +54,10 @@ def require_dim(path: Path, group: str | None) -> None:
     from invattn.models.groups import parse_group
 
     want = parse_group(group)
+    if dim < 2:  # no E1/SE1: the invariants and cross products need d >= 2 (models/groups.py)
+        raise ValueError(f"{path} holds {dim}D trajectories (dim={dim}), but the attention model's groups act "
+                         f"on 2D or higher vectors: use architecture=egnn (any dimension), or simulate "
+                         f"with dim=2 or 3")
     if want.dim != dim:
         raise ValueError(f"{path} holds {dim}D trajectories (dim={dim}), but model.group={group} acts on "
                          f"{want.dim}D vectors: use model.group=E{dim} or SE{dim} for these data")
