@@ -5,7 +5,9 @@ The installed package is one namespace mapped onto the repository's top-level fo
 
 - ``invattn.models``    -> ``models/``    the attention networks (paper sections 2-3)
 - ``invattn.simulator`` -> ``simulator/`` the Numba charged N-body simulator
-- ``invattn.pipeline``  -> ``pipeline/``  QM9 preprocessing, data readers, training, the ``invattn`` CLI
+- ``invattn.pipeline``  -> ``pipeline/``  QM9 preprocessing, data readers, training, the Lorentz task
+- ``invattn.cli``, ``files``, ``checks``, ``guard`` (``invattn/``): the ``invattn`` command dispatcher,
+  atomic writes, value checks, one-line command errors
 - ``invattn.sweeps``    -> ``sweeps/``    Ray Tune sweeps, locally or on SLURM via submitit
 - ``invattn.configs``   -> ``configs/``   the default YAML configs (package data)
 """

@@ -40,6 +40,18 @@ def readme_activation() -> list[str]:
     return blocks[1]
 
 
+def test_readme_model_snippets_run_as_written(tmp_path):
+    """Each ```python block of the README that builds models runs pasted into a fresh Python
+    (they used undefined positions/charges/batch: NameError for whoever copied them)."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+              if "from invattn.models import" in b]
+    assert len(blocks) >= 2
+    for block in blocks:
+        proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, block + proc.stderr[-2000:]
+
+
 def test_readme_says_how_to_activate_right_after_the_setup_commands():
     blocks = bash_blocks(README.read_text())
     assert blocks[0][:2] == ["make demo", "make test"], "the two set-up commands come first"
