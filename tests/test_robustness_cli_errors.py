@@ -151,3 +151,14 @@ def test_one_dimensional_data_points_to_the_egnn(tmp_path, capsys):
     assert cli(["train", f"data.dir={data}", f"run_dir={tmp_path / 'run'}"]) == 2
     line = one_error_line(capsys, "train")
     assert "holds 1D trajectories" in line and "architecture=egnn" in line and "E1" not in line
+
+
+def test_the_other_tasks_data_folder_names_the_task(nbody_tiny, tmp_path, capsys):
+    """data.dir of N-body trajectories with task=qm9 (and the other way round) says which task fits."""
+    assert cli(["train", "task=qm9", f"data.dir={nbody_tiny}", f"run_dir={tmp_path / 'q'}"]) == 2
+    assert one_error_line(capsys, "train").endswith("holds N-body trajectories, train.h5: train on them with task=nbody)")
+    qm9 = tmp_path / "qm9"
+    qm9.mkdir()
+    (qm9 / "manifest.json").write_text("{}\n")
+    assert cli(["train", f"data.dir={qm9}", f"run_dir={tmp_path / 'n'}"]) == 2
+    assert one_error_line(capsys, "train").endswith("holds preprocessed QM9 data, manifest.json: train on it with task=qm9)")

@@ -45,9 +45,11 @@ class NBodyBatch:
 def _read_file(path: Path) -> dict:
     """Read a simulator HDF5 file, validating sources of merged (virtual) files."""
     if not path.is_file():
+        other = (f" ({path.parent} holds preprocessed QM9 data, manifest.json: train on it with task=qm9)"
+                 if (path.parent / "manifest.json").is_file() else "")
         raise FileNotFoundError(
             f"N-body data file {path} does not exist; generate it with "
-            f"`invattn simulate preset=paper out={path.parent}` (or preset=demo)")
+            f"`invattn simulate preset=paper out={path.parent}` (or preset=demo){other}")
     from invattn.simulator import io as sim_io  # validates format and every virtual-dataset source
 
     return sim_io.read_trajectories(path)

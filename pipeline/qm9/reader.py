@@ -33,7 +33,9 @@ def load_manifest(out_dir: str | Path) -> dict:
     out = Path(out_dir)
     path = out / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `invattn preprocess-qm9 out={out}` first")
+        other = (f" ({out} holds N-body trajectories, train.h5: train on them with task=nbody)"
+                 if (out / "train.h5").is_file() else "")
+        raise FileNotFoundError(f"{path} not found: run `invattn preprocess-qm9 out={out}` first{other}")
     try:
         m = json.loads(path.read_text())
     except ValueError as exc:
