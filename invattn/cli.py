@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invattn {name}: error: {exc}", file=sys.stderr)
         return 2
     if any(a in ("-h", "--help") for a in args):
-        _print_help(f"invattn {name}: {summary}\n", describe_keys(config_name))
-        return 0
+        # The values shown are those of the other arguments (`invattn simulate preset=demo --help`).
+        given = [a for a in args if a not in ("-h", "--help") and not a.startswith("task=")]
+        return run_guarded(name, lambda: _print_help(f"invattn {name}: {summary}\n",
+                                                     describe_keys(config_name, given)))
     return run_guarded(
         name, lambda: getattr(importlib.import_module(module), func)(load_config(config_name, args)))
 

@@ -280,10 +280,21 @@ def load_config(name: str, overrides: Iterable[str] = ()) -> DictConfig:
 _LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w\-]*):(?P<rest>[^#]*)(#\s?(?P<doc>.*))?$")
 
 
-def describe_keys(name: str) -> str:
-    """Human-readable list of every key of ``configs/<name>.yaml`` with default and comment."""
+def describe_keys(name: str, overrides: Iterable[str] = ()) -> str:
+    """Human-readable list of every key of ``configs/<name>.yaml`` with default and comment.
+
+    With ``overrides`` (``invattn simulate preset=demo --help``) the values shown are those the
+    overrides give, preset included, and the header says so.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`load_config`, for bad ``overrides``.
+    """
     path = config_dir() / f"{name}.yaml"
     cfg = _read_yaml(path)
+    overrides = [str(a) for a in overrides]
+    values = flat_keys(load_config(name, overrides)) if overrides else flat_keys(cfg)
     docs: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     for line in path.read_text().splitlines():
@@ -300,10 +311,12 @@ def describe_keys(name: str) -> str:
             stack.append((indent, m.group("key")))
     rows = []
     types = key_types(name, cfg)
-    for key, value in flat_keys(cfg).items():
+    for key, value in values.items():
         doc = docs.get(key, "")
         kind = f"  ({types[key]})" if types.get(key) else ""
         rows.append(f"  {key}={value!r}{kind}" + (f"    # {doc}" if doc else ""))
     presets = sorted(p.stem for p in (config_dir() / name).glob("*.yaml"))
     tail = f"\npresets (preset=NAME): {', '.join(presets)}" if presets else ""
-    return "keys (override with key=value; each value must have the type in parentheses):\n" + "\n".join(rows) + tail
+    given = f"; values with {' '.join(overrides)}" if overrides else ""
+    return (f"keys (override with key=value; each value must have the type in parentheses{given}):\n"
+            + "\n".join(rows) + tail)

@@ -162,3 +162,18 @@ def test_the_other_tasks_data_folder_names_the_task(nbody_tiny, tmp_path, capsys
     (qm9 / "manifest.json").write_text("{}\n")
     assert cli(["train", f"data.dir={qm9}", f"run_dir={tmp_path / 'n'}"]) == 2
     assert one_error_line(capsys, "train").endswith("holds preprocessed QM9 data, manifest.json: train on it with task=qm9)")
+
+
+def test_help_shows_the_values_of_the_given_preset_and_overrides(capsys):
+    """`invattn simulate preset=demo --help` listed the base defaults (n_train=5000), not what the
+    command would run with (the demo preset's 1000)."""
+    assert cli(["simulate", "--help"]) == 0
+    assert "  n_train=5000  (int)" in capsys.readouterr().out
+    assert cli(["simulate", "preset=demo", "n_test=7", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "values with preset=demo n_test=7" in out
+    assert "  n_train=1000  (int)" in out and "  n_test=7  (int)" in out and "out='data/nbody_demo'" in out
+    assert cli(["train", "task=qm9", "preset=small", "--help"]) == 0
+    assert "preset='small'" in capsys.readouterr().out
+    assert cli(["train", "train.epochz=3", "--help"]) == 2
+    assert "did you mean train.epochs" in one_error_line(capsys, "train")
