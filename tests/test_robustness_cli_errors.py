@@ -177,3 +177,18 @@ def test_help_shows_the_values_of_the_given_preset_and_overrides(capsys):
     assert "preset='small'" in capsys.readouterr().out
     assert cli(["train", "train.epochz=3", "--help"]) == 2
     assert "did you mean train.epochs" in one_error_line(capsys, "train")
+
+
+def test_evaluate_on_data_of_another_dimension_points_to_data_dir(nbody_tiny, tmp_path, capsys):
+    """A 2D checkpoint evaluated with data_dir= of 3D data: the advice is about data_dir=, not the
+    model.group= a trained model cannot take."""
+    data2d, run = tmp_path / "d2", tmp_path / "run"
+    assert cli(["simulate", f"out={data2d}", "preset=nri2d", "n_train=8", "n_test=4"]) == 0
+    assert cli(["train", f"data.dir={data2d}", f"run_dir={run}", "model.group=E2", "train.epochs=1",
+                "model.n_layers=1", "model.mlp_hidden=8", "train.tensorboard=false"]) == 0
+    capsys.readouterr()
+    ckpt = run / "checkpoints" / "last.pt"
+    assert cli(["evaluate", f"checkpoint={ckpt}", f"data_dir={nbody_tiny}"]) == 2
+    line = one_error_line(capsys, "evaluate")
+    assert "holds 3D trajectories" in line and f"point data_dir= at data like those it was trained on: {data2d}" in line
+    assert cli(["evaluate", f"checkpoint={ckpt}", f"data_dir={data2d}"]) == 0

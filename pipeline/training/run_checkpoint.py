@@ -136,7 +136,14 @@ def load_trained(checkpoint, *, data_dir: str | None = None, device: torch.devic
     cfg = OmegaConf.create(state["config"])
     if data_dir:
         cfg.data.dir = data_dir
-    task = make_task(cfg)
+    try:
+        task = make_task(cfg)
+    except ValueError as exc:
+        if not data_dir:
+            raise
+        # The data's own advice ("use model.group=...") cannot be followed for a trained model.
+        raise ValueError(f"{exc} (for training; {checkpoint} is trained, so point data_dir= at data like "
+                         f"those it was trained on: {state['config']['data']['dir']})") from None
     task.load_state_dict(state.get("task_state", {}))
     model = task.build_model(state.get("model_hparams") or None).to(device)
     model.load_state_dict(state["model"])
