@@ -273,8 +273,22 @@ def load_config(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid override for {name}: {exc}") from exc
     check_types(cfg, key_types(name, base))
+    _expand_home(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _expand_home(cfg: DictConfig) -> None:
+    """``~/...`` string values become paths in the home folder, in place (a bare ``~`` is YAML's null).
+
+    The shell expands ``~`` only at the start of a word, so ``out=~/data`` reaches us as typed,
+    and would otherwise make a folder named ``~`` in the working directory.
+    """
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            _expand_home(value)
+        elif isinstance(value, str) and value.startswith("~/"):
+            cfg[key] = os.path.expanduser(value)
 
 
 _LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w\-]*):(?P<rest>[^#]*)(#\s?(?P<doc>.*))?$")

@@ -192,3 +192,19 @@ def test_evaluate_on_data_of_another_dimension_points_to_data_dir(nbody_tiny, tm
     line = one_error_line(capsys, "evaluate")
     assert "holds 3D trajectories" in line and f"point data_dir= at data like those it was trained on: {data2d}" in line
     assert cli(["evaluate", f"checkpoint={ckpt}", f"data_dir={data2d}"]) == 0
+
+
+def test_a_tilde_path_means_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`out=~/data` reaches the program unexpanded (the shell expands ~ only at a word's start):
+    it used to make a folder named '~' in the working directory."""
+    from invattn.pipeline.config import load_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("train_nbody", ["data.dir=~/nbody", "run_dir=~/runs/a"])
+    assert cfg.data.dir == str(home / "nbody") and cfg.run_dir == str(home / "runs" / "a")
+    assert load_config("train_nbody", ["data.dir=a~/b"]).data.dir == "a~/b"
+    assert cli(["simulate", "out=~/d", "n_train=2", "n_test=2", "n_bodies=3"]) == 0
+    assert (home / "d" / "train.h5").is_file() and not (tmp_path / "~").exists()
