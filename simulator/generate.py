@@ -8,6 +8,7 @@ every layout gives bitwise the same arrays.
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -422,7 +423,10 @@ def merge(out, n_shards: int, overwrite: bool = False, log=print) -> list[Path]:
             raise FileExistsError(f"{target} already exists; pass overwrite=true to replace it")
         plans.append((split, target, identity, first, shards))
     if not plans:
-        raise FileNotFoundError(f"no shard files *.shard-*-of-{n_shards:05d}.h5 in {out}")
+        found = sorted({int(m.group(1)) for p in Path(out).glob("*.shard-*-of-*.h5")
+                        if (m := re.search(r"\.shard-\d+-of-(\d+)\.h5$", p.name))})
+        hint = f" (it holds shards of n_shards={', '.join(map(str, found))})" if found else ""
+        raise FileNotFoundError(f"no shard files *.shard-*-of-{n_shards:05d}.h5 in {out}{hint}")
     written = []
     for split, target, identity, first, shards in plans:
         attrs = dict(identity, n_sims=identity["n_sims_total"], sim_start=0,

@@ -208,3 +208,12 @@ def test_a_tilde_path_means_the_home_folder(tmp_path, monkeypatch, capsys):
     assert load_config("train_nbody", ["data.dir=a~/b"]).data.dir == "a~/b"
     assert cli(["simulate", "out=~/d", "n_train=2", "n_test=2", "n_bodies=3"]) == 0
     assert (home / "d" / "train.h5").is_file() and not (tmp_path / "~").exists()
+
+
+def test_merge_with_another_shard_count_names_the_one_on_disk(tmp_path, capsys):
+    out = tmp_path / "sh"
+    assert cli(["simulate", f"out={out}", "n_train=6", "n_test=3", "n_bodies=3", "n_shards=3", "shard_index=0"]) == 0
+    capsys.readouterr()
+    assert cli(["simulate-merge", f"out={out}", "n_shards=2"]) == 2
+    assert one_error_line(capsys, "simulate-merge").endswith(
+        f"no shard files *.shard-*-of-00002.h5 in {out} (it holds shards of n_shards=3)")
