@@ -87,6 +87,37 @@ def test_every_readme_command_passes_the_config_checks():
     assert len(checked) >= 15, checked
 
 
+def test_every_docs_command_passes_the_config_checks():
+    """The ``invattn`` commands of docs/*.md and slurm/README.md (code blocks and inline code)
+    name keys that exist, with values of the right type: a renamed key breaks this, not a reader.
+    Placeholders (``K``, ``OUT``, ``...``) are skipped."""
+    import shlex
+
+    from invattn.cli import COMMANDS, command_config
+    from invattn.pipeline.config import load_config
+    from invattn.sweeps.cli import load_sweep_configs
+
+    checked = []
+    for doc in [*sorted((REPO / "docs").glob("*.md")), REPO / "slurm" / "README.md"]:
+        text = doc.read_text()
+        lines = [line.split("  #")[0].strip() for block in re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        for cmd in lines + re.findall(r"`(invattn [^`]*)`", text):
+            if not cmd.startswith("invattn "):
+                continue
+            name, *args = shlex.split(cmd)[1:] or ["--help"]
+            if (name not in COMMANDS or "--help" in args
+                    or any("..." in a or "$(" in a or "<" in a or re.search(r"=[A-Z]+$", a) for a in args)):
+                continue
+            config, _, _ = COMMANDS[name]
+            if config is None:
+                load_sweep_configs(args)
+            else:
+                load_config(command_config(name, args), args)
+            checked.append(f"{doc.name}: {cmd}")
+    assert len(checked) >= 15, checked
+
+
 # --- `invattn simulate preset=demo` after the demo made that folder -------------------------
 
 def test_simulate_again_keeps_the_same_dataset_and_refuses_another(tmp_path, capsys):
