@@ -153,6 +153,13 @@ def run_sweep(sweep_cfg: DictConfig, train_cfg: DictConfig) -> dict:
     ctx = connect(sweep_cfg.ray)
     if gpus == 0 and sweep_cfg.resources.auto_gpu and ray.cluster_resources().get("GPU", 0) > 0:
         gpus = 1.0  # SLURM gave us GPUs: one per trial unless told otherwise
+    if not sweep_cfg.ray.address:  # a local instance never grows: a bigger trial would wait forever
+        have = ray.cluster_resources()
+        if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+            raise ValueError(f"each trial asks for resources.cpus_per_trial={cpus:g} and "
+                             f"resources.gpus_per_trial={gpus:g}, but the local Ray instance has "
+                             f"{have.get('CPU', 0):g} CPU(s) and {have.get('GPU', 0):g} GPU(s): "
+                             f"no trial could ever start")
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.train.device = "cuda" if gpus > 0 else train_cfg.train.device
     OmegaConf.set_struct(train_cfg, True)

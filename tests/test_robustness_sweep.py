@@ -190,3 +190,17 @@ def test_existing_world_readable_token_is_narrowed_and_a_missing_one_refused_whe
     ensure_token_file(create=True)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == "a" * 64
     assert f"note: {token} was readable by others (mode 644); now 600" in capsys.readouterr().out
+
+
+def test_a_trial_bigger_than_the_local_ray_instance_is_refused(nbody_tiny, tmp_path):
+    """resources.cpus_per_trial above the local instance's CPUs (or a GPU on a machine without
+    one): Tune kept the trials PENDING forever, with a warning a minute later."""
+    import time
+
+    start = time.monotonic()
+    proc = _sweep(tmp_path / "home", tmp_path / "results", f"data.dir={nbody_tiny}", *TRAIN,
+                  "search.lr=[1e-3]", "resources.cpus_per_trial=3")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ("each trial asks for resources.cpus_per_trial=3 and resources.gpus_per_trial=0, but the local "
+            "Ray instance has 2 CPU(s) and 0 GPU(s): no trial could ever start") in proc.stderr
+    assert time.monotonic() - start < 120
