@@ -17,6 +17,7 @@ from pathlib import Path
 
 from invattn.checks import check_bool, check_folder, check_int, is_number
 from invattn.files import TMP_MARK
+from invattn.guard import interrupt_between_steps
 from invattn.simulator import io
 from invattn.simulator.dynamics import NonFiniteSimulationError, n_frames_for, simulate
 from invattn.simulator.initial import initial_conditions
@@ -246,7 +247,7 @@ def _write_file(settings: SimulationSettings, split: str, path: Path, shard: int
     bar = tqdm(total=stop - start, unit="sim", desc=label, disable=not _progress_enabled(settings))
     writer = io.TrajectoryWriter(path, stop - start, settings.n_frames, settings.n_bodies,
                                  settings.dim, attrs, replace=settings.n_shards > 1 or settings.overwrite)
-    with bar, writer:
+    with bar, writer, interrupt_between_steps() as check_interrupt:
         for lo in range(start, stop, settings.block_size):
             hi = min(lo + settings.block_size, stop)
             x0, v0, q = initial_conditions(settings.seed, split, lo, hi, settings.n_bodies,
@@ -267,6 +268,7 @@ def _write_file(settings: SimulationSettings, split: str, path: Path, shard: int
                                       "energy": ke + pe, "kinetic_energy": ke,
                                       "potential_energy": pe})
             bar.update(hi - lo)
+            check_interrupt()  # Ctrl-C: stop here; the writer removes its temporary file
         return writer.commit()
 
 
