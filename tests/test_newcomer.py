@@ -63,27 +63,33 @@ def test_readme_says_how_to_activate_right_after_the_setup_commands():
     assert "every new shell" in between and ".venv/bin/invattn" in between
 
 
-def test_every_readme_command_passes_the_config_checks():
-    """Every ``invattn`` line of the README names known keys with values of the right type."""
+def check_command(cmd: str, placeholder=lambda arg: False) -> bool:
+    """Load the configs an ``invattn ...`` line would load (raises on an unknown key or a value of
+    the wrong type); False, checking nothing, for help lines and lines with shell or
+    ``placeholder`` arguments."""
     import shlex
 
     from invattn.cli import COMMANDS, command_config
     from invattn.pipeline.config import load_config
     from invattn.sweeps.cli import load_sweep_configs
 
-    checked = []
-    for block in bash_blocks(README.read_text()):
-        for cmd in (c for c in block if c.startswith("invattn ")):
-            name, *args = shlex.split(cmd)[1:] or ["--help"]
-            args = [a for a in args if a != "..."]  # "..." stands for more keys
-            if name not in COMMANDS or "--help" in args or any("$(" in a or "<" in a for a in args):
-                continue
-            config, _, _ = COMMANDS[name]
-            if config is None:
-                load_sweep_configs(args)
-            else:
-                load_config(command_config(name, args), args)
-            checked.append(cmd)
+    name, *args = shlex.split(cmd)[1:] or ["--help"]
+    args = [a for a in args if a != "..."]  # "..." stands for more keys
+    if (name not in COMMANDS or "--help" in args
+            or any("$(" in a or "<" in a or placeholder(a) for a in args)):
+        return False
+    config, _, _ = COMMANDS[name]
+    if config is None:
+        load_sweep_configs(args)
+    else:
+        load_config(command_config(name, args), args)
+    return True
+
+
+def test_every_readme_command_passes_the_config_checks():
+    """Every ``invattn`` line of the README names known keys with values of the right type."""
+    checked = [cmd for block in bash_blocks(README.read_text()) for cmd in block
+               if cmd.startswith("invattn ") and check_command(cmd)]
     assert len(checked) >= 15, checked
 
 
@@ -91,11 +97,8 @@ def test_every_docs_command_passes_the_config_checks():
     """The ``invattn`` commands of docs/*.md and slurm/README.md (code blocks and inline code)
     name keys that exist, with values of the right type: a renamed key breaks this, not a reader.
     Placeholders (``K``, ``OUT``, ``...``) are skipped."""
-    import shlex
-
-    from invattn.cli import COMMANDS, command_config
-    from invattn.pipeline.config import load_config
-    from invattn.sweeps.cli import load_sweep_configs
+    def placeholder(arg: str) -> bool:
+        return "..." in arg or re.search(r"=[A-Z]+$", arg) is not None
 
     checked = []
     for doc in [*sorted((REPO / "docs").glob("*.md")), REPO / "slurm" / "README.md"]:
@@ -103,18 +106,8 @@ def test_every_docs_command_passes_the_config_checks():
         lines = [line.split("  #")[0].strip() for block in re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
                  for line in block.replace("\\\n", " ").splitlines()]
         for cmd in lines + re.findall(r"`(invattn [^`]*)`", text):
-            if not cmd.startswith("invattn "):
-                continue
-            name, *args = shlex.split(cmd)[1:] or ["--help"]
-            if (name not in COMMANDS or "--help" in args
-                    or any("..." in a or "$(" in a or "<" in a or re.search(r"=[A-Z]+$", a) for a in args)):
-                continue
-            config, _, _ = COMMANDS[name]
-            if config is None:
-                load_sweep_configs(args)
-            else:
-                load_config(command_config(name, args), args)
-            checked.append(f"{doc.name}: {cmd}")
+            if cmd.startswith("invattn ") and check_command(cmd, placeholder):
+                checked.append(f"{doc.name}: {cmd}")
     assert len(checked) >= 15, checked
 
 
