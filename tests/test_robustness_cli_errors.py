@@ -219,7 +219,18 @@ def test_merge_with_another_shard_count_names_the_one_on_disk(tmp_path, capsys):
         f"no shard files *.shard-*-of-00002.h5 in {out} (it holds shards of n_shards=3)")
 
 
-def test_ctrl_c_stops_a_loop_between_steps():
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test (an in-process Ray or Dask started by an earlier
+    test may have installed theirs), the previous one back afterwards."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_loop_between_steps(default_sigint):
     """The first SIGINT waits for check(); a second one raises at once; one left over raises on exit."""
     import os
     import signal
@@ -247,7 +258,7 @@ def test_ctrl_c_stops_a_loop_between_steps():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_during_a_garbage_collection_callback_is_not_lost(monkeypatch):
+def test_ctrl_c_during_a_garbage_collection_callback_is_not_lost(monkeypatch, default_sigint):
     """Why simulate ignored Ctrl-C now and then: Python raises the KeyboardInterrupt inside whatever
     runs, here a weakref callback (h5py/NumPy objects die at every block), which only prints
     "Exception ignored"."""
